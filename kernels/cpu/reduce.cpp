@@ -1,0 +1,246 @@
+// CPU reductions over a contiguous [outer, reduced, inner] input (core/dispatch/reduce.h).
+//
+// Every op is an accumulator with an identity, a `load` of one element and an associative
+// `combine`. Rows are reduced pairwise over blocks of kBlock elements; columns in blocks of
+// kBlock rows whose results are then folded in order. Both keep long f32 sums accurate.
+// Results never depend on the thread count: each output, or each fixed-size chunk of a
+// single long row, is reduced by one thread in a fixed order.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "core/dispatch/reduce.h"
+
+namespace kiln {
+namespace {
+
+constexpr int64_t kBlock = 256;      // elements reduced in sequence before combining
+constexpr int64_t kTile = 64;        // columns per task when inner > 1
+constexpr int64_t kChunk = 1 << 16;  // elements per task when one long row is split
+constexpr int64_t kParallelGrain = 1 << 15;  // below this many elements, stay serial
+
+// The accumulator type: f32 for the 16-bit floats and f32, f64 for f64, i64 for integers.
+template <class T>
+using acc_t = std::conditional_t<std::is_floating_point_v<opmath_t<T>>, opmath_t<T>, int64_t>;
+
+template <class V>
+bool is_nan(V v) {
+  if constexpr (std::is_floating_point_v<V>) return std::isnan(v);
+  return false;
+}
+
+template <class V>
+V lowest() {
+  if constexpr (std::is_floating_point_v<V>) return -std::numeric_limits<V>::infinity();
+  return std::numeric_limits<V>::lowest();
+}
+
+template <class V>
+V highest() {
+  if constexpr (std::is_floating_point_v<V>) return std::numeric_limits<V>::infinity();
+  return std::numeric_limits<V>::max();
+}
+
+template <class T>
+struct SumOp {
+  using Acc = acc_t<T>;
+  Acc identity() const { return Acc(0); }
+  Acc load(T x, int64_t /*r*/, int64_t /*j*/) const { return static_cast<Acc>(x); }
+  Acc combine(Acc a, Acc b) const { return a + b; }
+};
+
+// Squared deviation from a per-output mean: the second pass of a two-pass variance.
+template <class T>
+struct SquaredDeviationOp {
+  using Acc = acc_t<T>;
+  const Acc* mean;
+  Acc identity() const { return Acc(0); }
+  Acc load(T x, int64_t /*r*/, int64_t j) const {
+    const Acc d = static_cast<Acc>(x) - mean[j];
+    return d * d;
+  }
+  Acc combine(Acc a, Acc b) const { return a + b; }
+};
+
+// max or min; NaN wins, as in PyTorch.
+template <class T>
+struct ExtremeOp {
+  using Acc = acc_t<T>;
+  bool take_max;
+  Acc identity() const { return take_max ? lowest<Acc>() : highest<Acc>(); }
+  Acc load(T x, int64_t /*r*/, int64_t /*j*/) const { return static_cast<Acc>(x); }
+  Acc combine(Acc a, Acc b) const {
+    if (is_nan(a)) return a;
+    if (is_nan(b)) return b;
+    return (take_max ? b > a : b < a) ? b : a;
+  }
+};
+
+template <class V>
+struct ValueIndex {
+  V value;
+  int64_t index;
+};
+
+// argmax or argmin: the first index of the extreme value (NaN counts as the extreme).
+template <class T>
+struct ArgExtremeOp {
+  using V = acc_t<T>;
+  using Acc = ValueIndex<V>;
+  bool take_max;
+  Acc identity() const {
+    return {take_max ? lowest<V>() : highest<V>(), std::numeric_limits<int64_t>::max()};
+  }
+  Acc load(T x, int64_t r, int64_t /*j*/) const { return {static_cast<V>(x), r}; }
+  Acc combine(Acc a, Acc b) const {
+    bool take_b;
+    if (is_nan(a.value)) take_b = is_nan(b.value) && b.index < a.index;
+    else if (is_nan(b.value)) take_b = true;
+    else if (b.value == a.value) take_b = b.index < a.index;
+    else take_b = take_max ? b.value > a.value : b.value < a.value;
+    return take_b ? b : a;
+  }
+};
+
+// Reduces p[0, n) (contiguous; element k is reduced position r0 + k) for output j: whole
+// blocks of kBlock elements in sequence, combined pairwise, so the rounding error of an f32
+// sum grows with log(n) rather than n.
+template <class T, class Op>
+typename Op::Acc reduce_run(const Op& op, const T* p, int64_t n, int64_t r0, int64_t j) {
+  if (n <= kBlock) {
+    auto acc = op.identity();
+    for (int64_t k = 0; k < n; ++k) acc = op.combine(acc, op.load(p[k], r0 + k, j));
+    return acc;
+  }
+  const int64_t half = (n / kBlock + 1) / 2 * kBlock;  // a whole number of blocks, < n
+  return op.combine(reduce_run(op, p, half, r0, j), reduce_run(op, p + half, n - half, r0 + half, j));
+}
+
+// Reduces `reduced` rows of `inner` columns, for columns [i0, i1) (at most kTile), of
+// outer slice o. Walks rows in order so every load is contiguous.
+template <class T, class Op, class Finish>
+void reduce_tile(const Op& op, const Finish& finish, const T* in, int64_t o, int64_t reduced,
+                 int64_t inner, int64_t i0, int64_t i1) {
+  using Acc = typename Op::Acc;
+  Acc total[kTile], part[kTile];
+  const int64_t w = i1 - i0;
+  for (int64_t k = 0; k < w; ++k) total[k] = op.identity();
+  const T* base = in + o * reduced * inner + i0;
+  for (int64_t b = 0; b < reduced; b += kBlock) {
+    for (int64_t k = 0; k < w; ++k) part[k] = op.identity();
+    const int64_t e = std::min(reduced, b + kBlock);
+    for (int64_t r = b; r < e; ++r) {
+      const T* row = base + r * inner;
+      for (int64_t k = 0; k < w; ++k) part[k] = op.combine(part[k], op.load(row[k], r, o * inner + i0 + k));
+    }
+    for (int64_t k = 0; k < w; ++k) total[k] = op.combine(total[k], part[k]);
+  }
+  for (int64_t k = 0; k < w; ++k) finish(o * inner + i0 + k, total[k]);
+}
+
+// Runs `op` over the [outer, reduced, inner] input; finish(j, acc) stores output j.
+template <class T, class Op, class Finish>
+void reduce(const Op& op, const Finish& finish, const T* in, int64_t outer, int64_t reduced,
+            int64_t inner) {
+  using Acc = typename Op::Acc;
+  const int64_t numel = outer * reduced * inner;
+  if (outer * inner == 0) return;
+  if (inner == 1 && outer == 1 && reduced > kChunk) {
+    // One long row: fixed-size chunks in parallel, their results combined in order.
+    const int64_t chunks = (reduced + kChunk - 1) / kChunk;
+    std::vector<Acc> parts(chunks);
+#pragma omp parallel for
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t r0 = c * kChunk;
+      parts[c] = reduce_run(op, in + r0, std::min(kChunk, reduced - r0), r0, 0);
+    }
+    Acc total = op.identity();
+    for (const Acc& part : parts) total = op.combine(total, part);
+    finish(0, total);
+  } else if (inner == 1) {
+#pragma omp parallel for if (numel > kParallelGrain)
+    for (int64_t o = 0; o < outer; ++o) finish(o, reduce_run(op, in + o * reduced, reduced, 0, o));
+  } else {
+    const int64_t tiles = (inner + kTile - 1) / kTile;
+#pragma omp parallel for if (numel > kParallelGrain)
+    for (int64_t t = 0; t < outer * tiles; ++t) {
+      const int64_t o = t / tiles, i0 = (t % tiles) * kTile;
+      reduce_tile(op, finish, in, o, reduced, inner, i0, std::min(inner, i0 + kTile));
+    }
+  }
+}
+
+// Stores acc / divisor (divisor 1 for sum, max and min; n for mean; n - correction for var).
+template <class Out, class Acc>
+struct StoreDivided {
+  Out* out;
+  Acc divisor;
+  void operator()(int64_t j, Acc a) const { out[j] = static_cast<Out>(a / divisor); }
+};
+
+struct StoreIndex {
+  int64_t* out;
+  template <class Acc>
+  void operator()(int64_t j, const Acc& a) const { out[j] = a.index; }
+};
+
+template <class T>
+void reduce_typed(ReduceOp op, Tensor& out, const Tensor& in, int64_t outer, int64_t reduced,
+                  int64_t inner, int64_t correction) {
+  using Acc = acc_t<T>;
+  constexpr bool kFloating = std::is_floating_point_v<Acc>;
+  const T* x = static_cast<const T*>(in.data_ptr());
+  switch (op) {
+    case ReduceOp::sum:
+    case ReduceOp::mean:
+      KILN_CHECK(kFloating || (op == ReduceOp::sum && in.dtype() == DType::i64),
+                 "reduce kernel: ", op == ReduceOp::sum ? "sum" : "mean", " of ", in.meta_str(),
+                 " (integer sums must arrive as i64; mean needs a floating type)");
+      KILN_CHECK(out.dtype() == in.dtype(), "reduce kernel: sum into ", out.meta_str());
+      reduce(SumOp<T>{}, StoreDivided<T, Acc>{out.data<T>(), op == ReduceOp::mean ? Acc(reduced) : Acc(1)},
+             x, outer, reduced, inner);
+      return;
+    case ReduceOp::var: {
+      if constexpr (kFloating) {
+        std::vector<Acc> means(outer * inner);
+        reduce(SumOp<T>{}, StoreDivided<Acc, Acc>{means.data(), Acc(reduced)}, x, outer, reduced, inner);
+        const Acc denom = Acc(std::max<int64_t>(reduced - correction, 0));
+        reduce(SquaredDeviationOp<T>{means.data()}, StoreDivided<T, Acc>{out.data<T>(), denom}, x,
+               outer, reduced, inner);
+        return;
+      }
+      KILN_FAIL("reduce kernel: var of ", in.meta_str(), " (needs a floating type)");
+    }
+    case ReduceOp::max:
+    case ReduceOp::min:
+      reduce(ExtremeOp<T>{op == ReduceOp::max}, StoreDivided<T, Acc>{out.data<T>(), Acc(1)}, x, outer,
+             reduced, inner);
+      return;
+    case ReduceOp::argmax:
+    case ReduceOp::argmin:
+      reduce(ArgExtremeOp<T>{op == ReduceOp::argmax}, StoreIndex{out.data<int64_t>()}, x, outer,
+             reduced, inner);
+      return;
+  }
+  KILN_FAIL("reduce kernel: unknown op");
+}
+
+void reduce_kernel(ReduceOp op, Tensor& out, const Tensor& in, int64_t outer, int64_t reduced,
+                   int64_t inner, int64_t correction) {
+  KILN_CHECK(in.is_contiguous() && out.is_contiguous(), "reduce kernel: needs contiguous tensors, got ",
+             in.meta_str(), " -> ", out.meta_str());
+  KILN_CHECK(out.numel() == outer * inner && in.numel() == outer * reduced * inner,
+             "reduce kernel: ", in.meta_str(), " is not [", outer, ", ", reduced, ", ", inner,
+             "] -> ", out.meta_str());
+  KILN_DISPATCH_ALL(in.dtype(), "reduce",
+                    [&] { reduce_typed<scalar_t>(op, out, in, outer, reduced, inner, correction); });
+}
+
+}  // namespace
+
+KILN_REGISTER_KERNEL(reduce_stub, CPU, &reduce_kernel);
+
+}  // namespace kiln

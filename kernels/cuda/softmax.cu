@@ -1,0 +1,578 @@
+// CUDA softmax, log-softmax and cross-entropy (core/dispatch/softmax.h).
+//
+//   classes <= 1024, inner == 1   one warp per row; the row lives in registers (kPerLane
+//                                 values per lane), so it is read from memory once;
+//   classes > 1024, inner == 1    one block per row: an online pass finds (max, sum of
+//                                 exp(x - max)) in one read, a second pass writes;
+//                                 16-byte loads and stores when rows are aligned;
+//   inner > 1                     one thread per (outer, inner) column, classes strided by
+//                                 inner (adjacent threads read adjacent addresses).
+// Cross-entropy: one block per row computes max, sum-exp and the loss in one read; its
+// backward recomputes the row's log-sum-exp and writes dlogits in the same kernel.
+// Arithmetic in opmath_t (f32 for bf16/f16, whose results are stored back in their dtype).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+#include "core/cuda_context.h"
+#include "core/dispatch/softmax.h"
+
+namespace kiln {
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kWarpRowMax = 1024;        // classes up to this get one warp per row
+constexpr int kWarpsPerBlock = 4;
+constexpr int64_t kMaxBlocks = 1 << 20;  // grid-stride loops cover the rest
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+int64_t next_pow2(int64_t n) {
+  int64_t p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+// Threads for one block per row: about 8 elements each, 32 to 512.
+int row_threads(int64_t classes) {
+  return static_cast<int>(std::clamp<int64_t>(next_pow2(ceil_div(classes, 8)), kWarp, 512));
+}
+
+__device__ __forceinline__ float exp_(float x) { return expf(x); }
+__device__ __forceinline__ double exp_(double x) { return ::exp(x); }
+__device__ __forceinline__ float log_(float x) { return logf(x); }
+__device__ __forceinline__ double log_(double x) { return ::log(x); }
+
+template <class A>
+__device__ __forceinline__ A neg_inf() {
+  return -std::numeric_limits<A>::infinity();
+}
+
+// ------------------------------------------------------------------ row statistics
+// (max, sum of exp(x - max)) over part of a row, plus the plain sum of x that label
+// smoothing needs. Merging two parts rescales each sum to the larger max.
+template <class A>
+struct RowStats {
+  A max;
+  A sum_exp;
+  A sum;
+};
+
+template <class A>
+__device__ __forceinline__ RowStats<A> empty_stats() {
+  return {neg_inf<A>(), A(0), A(0)};
+}
+
+template <class A>
+__device__ __forceinline__ void add_value(RowStats<A>& s, A v) {
+  if (v > s.max) {
+    s.sum_exp = s.sum_exp * exp_(s.max - v) + A(1);  // exp(-inf) = 0 for the first value
+    s.max = v;
+  } else {
+    s.sum_exp += v == neg_inf<A>() ? A(0) : exp_(v - s.max);  // NaN propagates
+  }
+  s.sum += v;
+}
+
+struct MergeStats {
+  template <class A>
+  __device__ RowStats<A> operator()(RowStats<A> a, RowStats<A> b) const {
+    const A m = a.max > b.max ? a.max : b.max;
+    if (m == neg_inf<A>()) return {m, A(0), a.sum + b.sum};
+    const A ea = a.max == neg_inf<A>() ? A(0) : a.sum_exp * exp_(a.max - m);
+    const A eb = b.max == neg_inf<A>() ? A(0) : b.sum_exp * exp_(b.max - m);
+    return {m, ea + eb, a.sum + b.sum};
+  }
+};
+
+struct Add {
+  template <class A>
+  __device__ A operator()(A a, A b) const { return a + b; }
+};
+
+struct Max {
+  template <class A>
+  __device__ A operator()(A a, A b) const { return a > b ? a : b; }
+};
+
+template <class A>
+__device__ __forceinline__ A shfl_xor(A v, int mask) {
+  return __shfl_xor_sync(0xffffffffu, v, mask);
+}
+template <class A>
+__device__ __forceinline__ RowStats<A> shfl_xor(RowStats<A> v, int mask) {
+  return {shfl_xor(v.max, mask), shfl_xor(v.sum_exp, mask), shfl_xor(v.sum, mask)};
+}
+
+// Every lane ends with the warp's result.
+template <class V, class F>
+__device__ __forceinline__ V warp_all_reduce(V v, F combine) {
+#pragma unroll
+  for (int mask = kWarp / 2; mask > 0; mask >>= 1) v = combine(v, shfl_xor(v, mask));
+  return v;
+}
+
+// Every thread ends with the block's result. blockDim.x is a multiple of 32.
+template <class V, class F>
+__device__ V block_all_reduce(V v, F combine, V identity) {
+  __shared__ V warp_results[kWarp];
+  __shared__ V result;
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  v = warp_all_reduce(v, combine);
+  if (lane == 0) warp_results[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < blockDim.x / kWarp ? warp_results[lane] : identity;
+    v = warp_all_reduce(v, combine);
+    if (lane == 0) result = v;
+  }
+  __syncthreads();
+  v = result;
+  __syncthreads();  // the shared slots are reused by the block's next row
+  return v;
+}
+
+// ------------------------------------------------------------------ vector access
+template <class T, int N>
+struct alignas(sizeof(T) * N) Vec {
+  T v[N];
+};
+
+// Elements [i * kVec, (i + 1) * kVec) of p, converted to A; one 16-byte access when kVec > 1.
+template <int kVec, class T, class A>
+__device__ __forceinline__ void load_vec(const T* p, int64_t i, A (&out)[kVec]) {
+  const Vec<T, kVec> chunk = reinterpret_cast<const Vec<T, kVec>*>(p)[i];
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) out[k] = static_cast<A>(chunk.v[k]);
+}
+
+template <int kVec, class T, class A>
+__device__ __forceinline__ void store_vec(T* p, int64_t i, const A (&in)[kVec]) {
+  Vec<T, kVec> chunk;
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) chunk.v[k] = static_cast<T>(in[k]);
+  reinterpret_cast<Vec<T, kVec>*>(p)[i] = chunk;
+}
+
+// 16 / sizeof(T) when every row of `classes` elements at each pointer starts 16-byte aligned.
+template <class T>
+int vec_width(int64_t classes, std::initializer_list<const void*> ptrs) {
+  constexpr int kVec = static_cast<int>(16 / sizeof(T));
+  if (classes % kVec != 0) return 1;
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return 1;
+  return kVec;
+}
+
+// ------------------------------------------------------------------ softmax forward
+template <class T, int kPerLane, bool kLog>
+__global__ void softmax_warp_kernel(T* __restrict__ out, const T* __restrict__ in, int64_t rows,
+                                    int classes) {
+  using A = opmath_t<T>;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t warps = blockDim.x / kWarp;
+  for (int64_t row = blockIdx.x * warps + threadIdx.x / kWarp; row < rows; row += gridDim.x * warps) {
+    const T* x = in + row * classes;
+    T* y = out + row * classes;
+    A v[kPerLane];
+    A m = neg_inf<A>();
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) {
+      const int c = lane + k * kWarp;
+      v[k] = c < classes ? static_cast<A>(x[c]) : neg_inf<A>();
+      m = v[k] > m ? v[k] : m;
+    }
+    m = warp_all_reduce(m, Max{});
+    A s = 0;
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k)
+      if (lane + k * kWarp < classes) s += exp_(v[k] - m);
+    s = warp_all_reduce(s, Add{});
+    const A log_s = log_(s);
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) {
+      const int c = lane + k * kWarp;
+      if (c < classes) y[c] = static_cast<T>(kLog ? v[k] - m - log_s : exp_(v[k] - m) / s);
+    }
+  }
+}
+
+template <class T, int kVec, bool kLog>
+__global__ void softmax_block_kernel(T* __restrict__ out, const T* __restrict__ in, int64_t rows,
+                                     int64_t classes) {
+  using A = opmath_t<T>;
+  const int64_t nvec = classes / kVec;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* x = in + row * classes;
+    T* y = out + row * classes;
+    RowStats<A> st = empty_stats<A>();
+    for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
+      A v[kVec];
+      load_vec<kVec>(x, i, v);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) add_value(st, v[k]);
+    }
+    st = block_all_reduce(st, MergeStats{}, empty_stats<A>());
+    const A log_s = log_(st.sum_exp);
+    for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
+      A v[kVec];
+      load_vec<kVec>(x, i, v);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) v[k] = kLog ? v[k] - st.max - log_s : exp_(v[k] - st.max) / st.sum_exp;
+      store_vec<kVec>(y, i, v);
+    }
+  }
+}
+
+template <class T, bool kLog>
+__global__ void softmax_strided_kernel(T* __restrict__ out, const T* __restrict__ in, int64_t outer,
+                                       int64_t classes, int64_t inner) {
+  using A = opmath_t<T>;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < outer * inner;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t base = (idx / inner) * classes * inner + idx % inner;
+    RowStats<A> st = empty_stats<A>();
+    for (int64_t c = 0; c < classes; ++c) add_value(st, static_cast<A>(in[base + c * inner]));
+    const A log_s = log_(st.sum_exp);
+    for (int64_t c = 0; c < classes; ++c) {
+      const A v = static_cast<A>(in[base + c * inner]);
+      out[base + c * inner] = static_cast<T>(kLog ? v - st.max - log_s : exp_(v - st.max) / st.sum_exp);
+    }
+  }
+}
+
+// ------------------------------------------------------------------ softmax backward
+// softmax:     dx = y * (g - sum(g * y))
+// log_softmax: dx = g - exp(y) * sum(g)
+template <class A, bool kLog>
+__device__ __forceinline__ A dot_term(A g, A y) {
+  return kLog ? g : g * y;
+}
+template <class A, bool kLog>
+__device__ __forceinline__ A grad_in(A g, A y, A dot) {
+  return kLog ? g - exp_(y) * dot : y * (g - dot);
+}
+
+template <class T, int kPerLane, bool kLog>
+__global__ void softmax_backward_warp_kernel(T* __restrict__ gi, const T* __restrict__ go,
+                                             const T* __restrict__ out, int64_t rows, int classes) {
+  using A = opmath_t<T>;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t warps = blockDim.x / kWarp;
+  for (int64_t row = blockIdx.x * warps + threadIdx.x / kWarp; row < rows; row += gridDim.x * warps) {
+    const int64_t base = row * classes;
+    A g[kPerLane], y[kPerLane];
+    A dot = 0;
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) {
+      const int c = lane + k * kWarp;
+      g[k] = c < classes ? static_cast<A>(go[base + c]) : A(0);
+      y[k] = c < classes ? static_cast<A>(out[base + c]) : A(0);
+      dot += dot_term<A, kLog>(g[k], y[k]);
+    }
+    dot = warp_all_reduce(dot, Add{});
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) {
+      const int c = lane + k * kWarp;
+      if (c < classes) gi[base + c] = static_cast<T>(grad_in<A, kLog>(g[k], y[k], dot));
+    }
+  }
+}
+
+template <class T, int kVec, bool kLog>
+__global__ void softmax_backward_block_kernel(T* __restrict__ gi, const T* __restrict__ go,
+                                              const T* __restrict__ out, int64_t rows, int64_t classes) {
+  using A = opmath_t<T>;
+  const int64_t nvec = classes / kVec;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t base = row * classes;
+    A dot = 0;
+    for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
+      A g[kVec], y[kVec];
+      load_vec<kVec>(go + base, i, g);
+      load_vec<kVec>(out + base, i, y);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) dot += dot_term<A, kLog>(g[k], y[k]);
+    }
+    dot = block_all_reduce(dot, Add{}, A(0));
+    for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
+      A g[kVec], y[kVec];
+      load_vec<kVec>(go + base, i, g);
+      load_vec<kVec>(out + base, i, y);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) g[k] = grad_in<A, kLog>(g[k], y[k], dot);
+      store_vec<kVec>(gi + base, i, g);
+    }
+  }
+}
+
+template <class T, bool kLog>
+__global__ void softmax_backward_strided_kernel(T* __restrict__ gi, const T* __restrict__ go,
+                                                const T* __restrict__ out, int64_t outer,
+                                                int64_t classes, int64_t inner) {
+  using A = opmath_t<T>;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < outer * inner;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t base = (idx / inner) * classes * inner + idx % inner;
+    A dot = 0;
+    for (int64_t c = 0; c < classes; ++c)
+      dot += dot_term<A, kLog>(static_cast<A>(go[base + c * inner]), static_cast<A>(out[base + c * inner]));
+    for (int64_t c = 0; c < classes; ++c) {
+      const int64_t k = base + c * inner;
+      gi[k] = static_cast<T>(grad_in<A, kLog>(static_cast<A>(go[k]), static_cast<A>(out[k]), dot));
+    }
+  }
+}
+
+// ------------------------------------------------------------------ cross-entropy
+// loss = (1-e) * (lse - x[t]) + e * (lse - mean(x)). A target outside [0, C) that is not
+// ignore_index gives a NaN loss (and NaN gradients): the GPU cannot throw, and a NaN is loud.
+template <class T, class Idx, int kVec>
+__global__ void cross_entropy_kernel(opmath_t<T>* __restrict__ losses, const T* __restrict__ logits,
+                                     const Idx* __restrict__ targets, int64_t rows, int64_t classes,
+                                     int64_t ignore_index, opmath_t<T> smoothing) {
+  using A = opmath_t<T>;
+  const int64_t nvec = classes / kVec;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t t = static_cast<int64_t>(targets[row]);
+    if (t == ignore_index || t < 0 || t >= classes) {  // the same branch for the whole block
+      if (threadIdx.x == 0)
+        losses[row] = t == ignore_index ? A(0) : std::numeric_limits<A>::quiet_NaN();
+      continue;
+    }
+    const T* x = logits + row * classes;
+    RowStats<A> st = empty_stats<A>();
+    for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
+      A v[kVec];
+      load_vec<kVec>(x, i, v);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) add_value(st, v[k]);
+    }
+    st = block_all_reduce(st, MergeStats{}, empty_stats<A>());
+    if (threadIdx.x == 0) {
+      const A lse = st.max + log_(st.sum_exp);
+      const A nll = lse - static_cast<A>(x[t]);
+      losses[row] = smoothing > A(0)
+                        ? (A(1) - smoothing) * nll + smoothing * (lse - st.sum / static_cast<A>(classes))
+                        : nll;
+    }
+  }
+}
+
+// dlogits = g * (softmax(x) - (1-e) * onehot(t) - e/C); zero for ignored rows.
+template <class T, class Idx, int kVec>
+__global__ void cross_entropy_backward_kernel(T* __restrict__ dlogits, const T* __restrict__ logits,
+                                              const Idx* __restrict__ targets,
+                                              const opmath_t<T>* __restrict__ grad_losses,
+                                              int64_t grad_stride, int64_t rows, int64_t classes,
+                                              int64_t ignore_index, opmath_t<T> smoothing) {
+  using A = opmath_t<T>;
+  const int64_t nvec = classes / kVec;
+  const A off = smoothing / static_cast<A>(classes), on = A(1) - smoothing;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t t = static_cast<int64_t>(targets[row]);
+    const T* x = logits + row * classes;
+    T* d = dlogits + row * classes;
+    if (t == ignore_index || t < 0 || t >= classes) {
+      A fill[kVec];
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) fill[k] = t == ignore_index ? A(0) : std::numeric_limits<A>::quiet_NaN();
+      for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) store_vec<kVec>(d, i, fill);
+      continue;
+    }
+    RowStats<A> st = empty_stats<A>();
+    for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
+      A v[kVec];
+      load_vec<kVec>(x, i, v);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) add_value(st, v[k]);
+    }
+    st = block_all_reduce(st, MergeStats{}, empty_stats<A>());
+    const A lse = st.max + log_(st.sum_exp);
+    const A g = grad_losses[row * grad_stride];
+    for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
+      A v[kVec];
+      load_vec<kVec>(x, i, v);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) {
+        const int64_t c = i * kVec + k;
+        v[k] = g * (exp_(v[k] - lse) - (c == t ? on : A(0)) - off);
+      }
+      store_vec<kVec>(d, i, v);
+    }
+  }
+}
+
+// ------------------------------------------------------------------ launchers
+// Calls f(std::integral_constant<int, kPerLane>) with the smallest power of two such that
+// 32 * kPerLane >= classes (classes <= kWarpRowMax).
+template <class F>
+void with_per_lane(int64_t classes, F&& f) {
+  if (classes <= 32) f(std::integral_constant<int, 1>{});
+  else if (classes <= 64) f(std::integral_constant<int, 2>{});
+  else if (classes <= 128) f(std::integral_constant<int, 4>{});
+  else if (classes <= 256) f(std::integral_constant<int, 8>{});
+  else if (classes <= 512) f(std::integral_constant<int, 16>{});
+  else f(std::integral_constant<int, 32>{});
+}
+
+// Calls f(std::integral_constant<int, kVec>) for the vector width chosen at run time.
+template <class T, class F>
+void with_vec(int vec, F&& f) {
+  constexpr int kVec = static_cast<int>(16 / sizeof(T));
+  if (vec == kVec) f(std::integral_constant<int, kVec>{});
+  else f(std::integral_constant<int, 1>{});
+}
+
+template <class T, bool kLog>
+void launch_softmax(T* y, const T* x, int64_t outer, int64_t classes, int64_t inner) {
+  cudaStream_t stream = cuda::current_stream();
+  if (inner == 1 && classes <= kWarpRowMax) {
+    const int64_t blocks = std::min(ceil_div(outer, kWarpsPerBlock), kMaxBlocks);
+    with_per_lane(classes, [&](auto per_lane) {
+      softmax_warp_kernel<T, decltype(per_lane)::value, kLog>
+          <<<blocks, kWarpsPerBlock * kWarp, 0, stream>>>(y, x, outer, static_cast<int>(classes));
+    });
+  } else if (inner == 1) {
+    with_vec<T>(vec_width<T>(classes, {x, y}), [&](auto vec) {
+      softmax_block_kernel<T, decltype(vec)::value, kLog>
+          <<<std::min(outer, kMaxBlocks), row_threads(classes), 0, stream>>>(y, x, outer, classes);
+    });
+  } else {
+    softmax_strided_kernel<T, kLog><<<cuda::grid_for(outer * inner, 256), 256, 0, stream>>>(
+        y, x, outer, classes, inner);
+  }
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+template <class T, bool kLog>
+void launch_softmax_backward(T* gi, const T* go, const T* y, int64_t outer, int64_t classes,
+                             int64_t inner) {
+  cudaStream_t stream = cuda::current_stream();
+  if (inner == 1 && classes <= kWarpRowMax) {
+    const int64_t blocks = std::min(ceil_div(outer, kWarpsPerBlock), kMaxBlocks);
+    with_per_lane(classes, [&](auto per_lane) {
+      softmax_backward_warp_kernel<T, decltype(per_lane)::value, kLog>
+          <<<blocks, kWarpsPerBlock * kWarp, 0, stream>>>(gi, go, y, outer, static_cast<int>(classes));
+    });
+  } else if (inner == 1) {
+    with_vec<T>(vec_width<T>(classes, {gi, go, y}), [&](auto vec) {
+      softmax_backward_block_kernel<T, decltype(vec)::value, kLog>
+          <<<std::min(outer, kMaxBlocks), row_threads(classes), 0, stream>>>(gi, go, y, outer, classes);
+    });
+  } else {
+    softmax_backward_strided_kernel<T, kLog><<<cuda::grid_for(outer * inner, 256), 256, 0, stream>>>(
+        gi, go, y, outer, classes, inner);
+  }
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+void softmax_cuda(Tensor& out, const Tensor& in, int64_t outer, int64_t classes, int64_t inner,
+                  bool log) {
+  KILN_CHECK(in.is_contiguous() && out.is_contiguous() && in.dtype() == out.dtype(),
+             "softmax kernel: ", in.meta_str(), " -> ", out.meta_str());
+  if (out.numel() == 0) return;
+  cuda::DeviceGuard guard(in.device().index);
+  KILN_DISPATCH_FLOATING(in.dtype(), "softmax", [&] {
+    auto* y = static_cast<scalar_t*>(out.data_ptr());
+    const auto* x = static_cast<const scalar_t*>(in.data_ptr());
+    if (log) launch_softmax<scalar_t, true>(y, x, outer, classes, inner);
+    else launch_softmax<scalar_t, false>(y, x, outer, classes, inner);
+  });
+}
+
+void softmax_backward_cuda(Tensor& grad_in, const Tensor& grad_out, const Tensor& out,
+                           int64_t outer, int64_t classes, int64_t inner, bool log) {
+  KILN_CHECK(grad_in.is_contiguous() && grad_out.is_contiguous() && out.is_contiguous() &&
+                 grad_out.dtype() == out.dtype() && grad_in.dtype() == out.dtype(),
+             "softmax backward kernel: ", grad_out.meta_str(), ", ", out.meta_str(), " -> ",
+             grad_in.meta_str());
+  if (grad_in.numel() == 0) return;
+  cuda::DeviceGuard guard(out.device().index);
+  KILN_DISPATCH_FLOATING(out.dtype(), "softmax backward", [&] {
+    auto* gi = static_cast<scalar_t*>(grad_in.data_ptr());
+    const auto* go = static_cast<const scalar_t*>(grad_out.data_ptr());
+    const auto* y = static_cast<const scalar_t*>(out.data_ptr());
+    if (log) launch_softmax_backward<scalar_t, true>(gi, go, y, outer, classes, inner);
+    else launch_softmax_backward<scalar_t, false>(gi, go, y, outer, classes, inner);
+  });
+}
+
+DType loss_dtype_for(DType logits) { return logits == DType::f64 ? DType::f64 : DType::f32; }
+
+void check_cross_entropy_args(const Tensor& logits, const Tensor& targets, const Tensor& per_row,
+                              const char* what) {
+  KILN_CHECK(logits.dim() == 2 && logits.is_contiguous() && targets.dim() == 1 &&
+                 targets.is_contiguous() && targets.size(0) == logits.size(0) &&
+                 per_row.dim() == 1 && per_row.size(0) == logits.size(0) &&
+                 per_row.dtype() == loss_dtype_for(logits.dtype()),
+             what, ": logits ", logits.meta_str(), ", targets ", targets.meta_str(), ", per-row ",
+             per_row.meta_str());
+}
+
+void cross_entropy_cuda(Tensor& losses, const Tensor& logits, const Tensor& targets,
+                        int64_t ignore_index, double label_smoothing) {
+  check_cross_entropy_args(logits, targets, losses, "cross_entropy kernel");
+  KILN_CHECK(losses.is_contiguous(), "cross_entropy kernel: losses ", losses.meta_str());
+  const int64_t rows = logits.size(0), classes = logits.size(1);
+  if (rows == 0) return;
+  cuda::DeviceGuard guard(logits.device().index);
+  cudaStream_t stream = cuda::current_stream();
+  KILN_DISPATCH_FLOATING(logits.dtype(), "cross_entropy", [&] {
+    using T = scalar_t;
+    using A = opmath_t<T>;
+    const auto* x = static_cast<const T*>(logits.data_ptr());
+    auto* l = static_cast<A*>(losses.data_ptr());
+    KILN_DISPATCH_INDEX(targets.dtype(), "cross_entropy", [&] {
+      const auto* t = static_cast<const scalar_t*>(targets.data_ptr());
+      with_vec<T>(vec_width<T>(classes, {x}), [&](auto vec) {
+        cross_entropy_kernel<T, scalar_t, decltype(vec)::value>
+            <<<std::min(rows, kMaxBlocks), row_threads(classes), 0, stream>>>(
+                l, x, t, rows, classes, ignore_index, static_cast<A>(label_smoothing));
+      });
+      KILN_CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
+void cross_entropy_backward_cuda(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
+                                 const Tensor& grad_losses, int64_t ignore_index,
+                                 double label_smoothing) {
+  check_cross_entropy_args(logits, targets, grad_losses, "cross_entropy backward kernel");
+  KILN_CHECK(dlogits.is_contiguous() && dlogits.shape() == logits.shape() &&
+                 dlogits.dtype() == logits.dtype(),
+             "cross_entropy backward kernel: dlogits ", dlogits.meta_str());
+  const int64_t rows = logits.size(0), classes = logits.size(1);
+  if (rows == 0) return;
+  cuda::DeviceGuard guard(logits.device().index);
+  cudaStream_t stream = cuda::current_stream();
+  KILN_DISPATCH_FLOATING(logits.dtype(), "cross_entropy backward", [&] {
+    using T = scalar_t;
+    using A = opmath_t<T>;
+    const auto* x = static_cast<const T*>(logits.data_ptr());
+    auto* d = static_cast<T*>(dlogits.data_ptr());
+    const auto* g = static_cast<const A*>(grad_losses.data_ptr());
+    KILN_DISPATCH_INDEX(targets.dtype(), "cross_entropy backward", [&] {
+      const auto* t = static_cast<const scalar_t*>(targets.data_ptr());
+      with_vec<T>(vec_width<T>(classes, {x, d}), [&](auto vec) {
+        cross_entropy_backward_kernel<T, scalar_t, decltype(vec)::value>
+            <<<std::min(rows, kMaxBlocks), row_threads(classes), 0, stream>>>(
+                d, x, t, g, grad_losses.stride(0), rows, classes, ignore_index,
+                static_cast<A>(label_smoothing));
+      });
+      KILN_CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
+}  // namespace
+
+KILN_REGISTER_KERNEL(softmax_stub, CUDA, &softmax_cuda);
+KILN_REGISTER_KERNEL(softmax_backward_stub, CUDA, &softmax_backward_cuda);
+KILN_REGISTER_KERNEL(cross_entropy_stub, CUDA, &cross_entropy_cuda);
+KILN_REGISTER_KERNEL(cross_entropy_backward_stub, CUDA, &cross_entropy_backward_cuda);
+
+}  // namespace kiln

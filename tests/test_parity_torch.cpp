@@ -1,0 +1,292 @@
+// Parity with PyTorch (Debian's python3-torch), as llm.c's test_gpt2 does: a small MLP with a
+// cross-entropy loss and a few side terms, run in kiln and, on the same inputs, in
+// tests/parity/mlp_ce.py. The loss and the gradient of every input must agree, in f64 to
+// 1e-10 and in f32 to 1e-5 (relative to each tensor's largest entry).
+//
+// Inputs and results travel as .npy files (numpy reads and writes them natively), through a
+// fresh temporary directory.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/generator.h"
+#include "core/ops.h"
+#include "core/tensor.h"
+
+namespace kiln {
+namespace {
+
+namespace fs = std::filesystem;
+static_assert(std::endian::native == std::endian::little, "the .npy files here are little-endian");
+
+const char* const kPython = "/usr/bin/python3";
+const char* const kInputNames[] = {"x", "W1", "b1", "W2", "b2"};
+constexpr int kNumInputs = 5;
+
+// ---------------------------------------------------------------- .npy (format version 1.0)
+
+void write_npy(const fs::path& path, const Tensor& t) {
+  const bool is_int = t.dtype() == DType::i64;
+  KILN_CHECK(is_int || t.dtype() == DType::f64, "write_npy: f64 or i64 only, got ", t.meta_str());
+  std::string shape = "(";
+  for (int64_t s : t.shape()) shape += std::to_string(s) + ", ";
+  if (t.dim() > 1) shape.resize(shape.size() - 2);
+  if (t.dim() == 1) shape.resize(shape.size() - 1);  // "(32,)"
+  shape += ")";
+  std::string header = std::string("{'descr': '") + (is_int ? "<i8" : "<f8") +
+                       "', 'fortran_order': False, 'shape': " + shape + ", }";
+  // Magic (6) + version (2) + length (2) + header, padded with spaces to a multiple of 64,
+  // ending in a newline.
+  const size_t unpadded = 10 + header.size() + 1;
+  header.append((64 - unpadded % 64) % 64, ' ');
+  header += '\n';
+  std::ofstream out(path, std::ios::binary);
+  KILN_CHECK(out, "cannot write ", path.string());
+  out.write("\x93NUMPY\x01\x00", 8);
+  const uint16_t len = static_cast<uint16_t>(header.size());
+  out.write(reinterpret_cast<const char*>(&len), 2);
+  out.write(header.data(), static_cast<std::streamsize>(header.size()));
+  Tensor c = t.contiguous();
+  out.write(static_cast<const char*>(c.data_ptr()),
+            static_cast<std::streamsize>(c.numel() * c.element_size()));
+  KILN_CHECK(out, "short write to ", path.string());
+}
+
+struct NpyArray {
+  Shape shape;
+  std::vector<double> values;
+};
+
+// Reads a C-order little-endian array of f8, f4 or i8 (what mlp_ce.py writes).
+NpyArray read_npy(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  KILN_CHECK(in, "cannot open ", path.string(), " (did the reference script write it?)");
+  char magic[8];
+  in.read(magic, 8);
+  KILN_CHECK(in && std::memcmp(magic, "\x93NUMPY", 6) == 0, path.string(), ": not a .npy file");
+  uint32_t header_len = 0;
+  if (magic[6] == 1) {
+    uint16_t len16 = 0;
+    in.read(reinterpret_cast<char*>(&len16), 2);
+    header_len = len16;
+  } else {
+    in.read(reinterpret_cast<char*>(&header_len), 4);
+  }
+  std::string header(header_len, '\0');
+  in.read(header.data(), header_len);
+  KILN_CHECK(in, path.string(), ": truncated header");
+
+  auto field = [&](const char* key) {
+    const size_t at = header.find(key);
+    KILN_CHECK(at != std::string::npos, path.string(), ": header lacks ", key, ": ", header);
+    return at + std::strlen(key);
+  };
+  size_t p = header.find('\'', field("'descr':")) + 1;
+  const std::string descr = header.substr(p, header.find('\'', p) - p);
+  KILN_CHECK(header.compare(field("'fortran_order':"), 6, " False") == 0, path.string(),
+             ": Fortran order is not supported");
+  p = header.find('(', field("'shape':")) + 1;
+  const std::string dims = header.substr(p, header.find(')', p) - p);
+  NpyArray a;
+  std::stringstream ss(dims);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (item.find_first_not_of(' ') != std::string::npos) a.shape.push_back(std::stoll(item));
+
+  const int64_t n = shape_numel(a.shape);
+  a.values.resize(static_cast<size_t>(n));
+  auto read_as = [&](auto tag) {
+    std::vector<decltype(tag)> raw(static_cast<size_t>(n));
+    in.read(reinterpret_cast<char*>(raw.data()), static_cast<std::streamsize>(n * sizeof(tag)));
+    KILN_CHECK(in, path.string(), ": truncated data");
+    std::transform(raw.begin(), raw.end(), a.values.begin(),
+                   [](auto v) { return static_cast<double>(v); });
+  };
+  if (descr == "<f8") read_as(double{});
+  else if (descr == "<f4") read_as(float{});
+  else if (descr == "<i8") read_as(int64_t{});
+  else KILN_FAIL(path.string(), ": unsupported dtype ", descr);
+  return a;
+}
+
+// ---------------------------------------------------------------- the model
+
+// One graph, many ops: matmul, broadcast add, gelu (tanh), tanh, sigmoid, relu, cross-entropy
+// with an ignored row, softmax, log_softmax, sums and means over dims, square, sqrt, div.
+// Keep in step with forward() in tests/parity/mlp_ce.py.
+Tensor kiln_forward(const std::vector<Tensor>& p, const Tensor& targets) {
+  const Tensor &x = p[0], &W1 = p[1], &b1 = p[2], &W2 = p[3], &b2 = p[4];
+  Tensor z1 = matmul(x, W1) + b1;
+  Tensor h = gelu(z1);
+  Tensor h2 = tanh(h) * sigmoid(h) + 0.1 * relu(z1);
+  Tensor logits = matmul(h2, W2) + b2;
+  Tensor ce = cross_entropy(logits, targets, /*ignore_index=*/-100, Reduction::mean);
+  Tensor entropy = -mean(sum(softmax(logits, 1) * log_softmax(logits, 1), {1}));
+  Tensor centered = h2 - mean(h2, {1}, /*keepdim=*/true);
+  return ce + 0.01 * sum(W1 * W1) + 0.1 * entropy + 0.05 * mean(square(centered)) +
+         0.01 * mean(h2 / sqrt(z1 * z1 + 1.0));
+}
+
+// max |actual - expected| relative to max |expected|; names the worst element on failure.
+// The worst relative error seen in each check, printed at the end for the logs.
+::testing::AssertionResult close_to(const std::string& what, const Tensor& actual,
+                                    const NpyArray& expected, double tol, double* worst_rel) {
+  if (!actual.defined())
+    return ::testing::AssertionFailure() << what << ": kiln computed no value";
+  if (actual.shape() != expected.shape)
+    return ::testing::AssertionFailure() << what << ": kiln " << actual.meta_str()
+                                         << " but PyTorch " << shape_str(expected.shape);
+  const std::vector<double> a = actual.to_vector<double>();
+  double scale = 0, worst = -1;
+  size_t worst_at = 0;
+  for (double v : expected.values) scale = std::max(scale, std::abs(v));
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double d = std::abs(a[i] - expected.values[i]);
+    if (!(d <= worst)) {  // also catches NaN
+      worst = d;
+      worst_at = i;
+    }
+  }
+  const double rel = worst / std::max(scale, 1e-300);
+  *worst_rel = std::max(*worst_rel, rel);
+  if (rel <= tol) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure()
+         << what << ": relative error " << rel << " > " << tol << " at element " << worst_at
+         << " (kiln " << a[worst_at] << ", PyTorch " << expected.values[worst_at]
+         << "; largest |PyTorch| " << scale << ")";
+}
+
+// ---------------------------------------------------------------- the test
+
+class ParityTorch : public ::testing::Test {
+ protected:
+  // Writes the inputs and runs the reference once for both dtypes.
+  static void SetUpTestSuite() {
+    if (access(kPython, X_OK) != 0) {
+      skip_reason_ = std::string(kPython) + " not found (scripts/setup.sh installs python3-torch)";
+      return;
+    }
+    const std::string probe = std::string(kPython) + " -c 'import torch, numpy' >/dev/null 2>&1";
+    if (std::system(probe.c_str()) != 0) {
+      skip_reason_ = std::string(kPython) +
+                     " cannot import torch and numpy (scripts/setup.sh installs python3-torch)";
+      return;
+    }
+    const char* src = std::getenv("KILN_SOURCE_DIR");
+    const fs::path script = fs::path(src ? src : ".") / "tests" / "parity" / "mlp_ce.py";
+    if (!fs::exists(script)) {
+      failure_ = "reference script " + script.string() + " not found (set KILN_SOURCE_DIR)";
+      return;
+    }
+    std::string tmpl = (fs::temp_directory_path() / "kiln_parity_XXXXXX").string();
+    if (!mkdtemp(tmpl.data())) {
+      failure_ = "mkdtemp failed for " + tmpl;
+      return;
+    }
+    dir_ = tmpl;
+
+    // Deterministic inputs, scaled like a default init so every activation is in range.
+    Generator gen(20240611);
+    const TensorOptions f64{.dtype = DType::f64};
+    inputs_ = {randn({8, 20}, f64, &gen), randn({20, 32}, f64, &gen) * (1.0 / std::sqrt(20.0)),
+               randn({32}, f64, &gen) * 0.1, randn({32, 10}, f64, &gen) * (1.0 / std::sqrt(32.0)),
+               randn({10}, f64, &gen) * 0.1};
+    std::vector<int64_t> t = randint(0, 10, {8}, {.dtype = DType::i64}, &gen).to_vector<int64_t>();
+    t[3] = -100;  // an ignored row: it must not count in the mean
+    targets_ = from_vector(t, {8});
+    for (int i = 0; i < kNumInputs; ++i)
+      write_npy(fs::path(dir_) / (std::string(kInputNames[i]) + ".npy"), inputs_[i]);
+    write_npy(fs::path(dir_) / "targets.npy", targets_);
+
+    const std::string cmd = std::string(kPython) + " '" + script.string() + "' '" + dir_ + "' 2>&1";
+    FILE* pipe = popen(cmd.c_str(), "r");
+    if (!pipe) {
+      failure_ = "cannot run " + cmd;
+      return;
+    }
+    std::string output;
+    char buf[4096];
+    while (size_t n = fread(buf, 1, sizeof buf, pipe)) output.append(buf, n);
+    const int status = pclose(pipe);
+    if (status != 0)
+      failure_ = cmd + " failed (status " + std::to_string(WEXITSTATUS(status)) + "):\n" + output;
+  }
+
+  static void TearDownTestSuite() {
+    inputs_.clear();
+    targets_ = Tensor();
+    if (!dir_.empty()) {
+      std::error_code ec;
+      fs::remove_all(dir_, ec);
+    }
+  }
+
+  void check(DType dtype, const std::string& suffix, double tol) {
+    if (!skip_reason_.empty()) GTEST_SKIP() << skip_reason_;
+    ASSERT_TRUE(failure_.empty()) << failure_;
+    std::vector<Tensor> p;
+    for (const Tensor& in : inputs_) p.push_back(in.to(dtype).clone().requires_grad_());
+    Tensor loss = kiln_forward(p, targets_);
+    ASSERT_EQ(loss.dtype(), dtype);
+    ASSERT_EQ(loss.dim(), 0);
+    loss.backward();
+
+    const fs::path dir(dir_);
+    double worst = 0;
+    EXPECT_TRUE(close_to("loss", loss, read_npy(dir / ("loss_" + suffix + ".npy")), tol, &worst));
+    for (int i = 0; i < kNumInputs; ++i) {
+      const std::string name = std::string("grad_") + kInputNames[i] + "_" + suffix;
+      EXPECT_TRUE(close_to(name, p[i].grad(), read_npy(dir / (name + ".npy")), tol, &worst));
+      if (p[i].grad().defined()) {
+        EXPECT_EQ(p[i].grad().dtype(), dtype) << name;
+      }
+    }
+    std::printf("kiln vs PyTorch (%s): loss %.10g, worst relative error %.3g (tolerance %.0e)\n",
+                suffix.c_str(), loss.item(), worst, tol);
+  }
+
+  static inline std::string skip_reason_, failure_, dir_;
+  static inline std::vector<Tensor> inputs_;
+  static inline Tensor targets_;
+};
+
+TEST_F(ParityTorch, MlpCrossEntropyF64) { check(DType::f64, "f64", 1e-10); }
+
+TEST_F(ParityTorch, MlpCrossEntropyF32) { check(DType::f32, "f32", 1e-5); }
+
+// The .npy writer and reader agree with each other (numpy itself is checked by the test above).
+TEST(Npy, RoundTrip) {
+  const fs::path path = fs::temp_directory_path() / ("kiln_npy_" + std::to_string(getpid()) + ".npy");
+  const Tensor m = from_vector(std::vector<double>{1.5, -2, 3, 4e-300, 5, 6}, {2, 3},
+                               {.dtype = DType::f64});
+  write_npy(path, m);
+  NpyArray a = read_npy(path);
+  EXPECT_EQ(a.shape, (Shape{2, 3}));
+  EXPECT_EQ(a.values, m.to_vector<double>());
+  EXPECT_EQ(fs::file_size(path) % 64, (6u * 8u) % 64);  // header padded to 64 bytes
+  write_npy(path, from_vector(std::vector<int64_t>{-100, 7}, {2}));
+  a = read_npy(path);
+  EXPECT_EQ(a.shape, (Shape{2}));
+  EXPECT_EQ(a.values, (std::vector<double>{-100, 7}));
+  write_npy(path, scalar_tensor(2.25, {.dtype = DType::f64}));
+  a = read_npy(path);
+  EXPECT_TRUE(a.shape.empty());
+  EXPECT_EQ(a.values, (std::vector<double>{2.25}));
+  fs::remove(path);
+}
+
+}  // namespace
+}  // namespace kiln
