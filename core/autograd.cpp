@@ -59,14 +59,18 @@ std::vector<Tensor> AccumulateGrad::apply(const Tensor& grad) {
 }
 
 // ---------------------------------------------------------------- recording
-bool needs_grad(std::initializer_list<const Tensor*> inputs) {
+bool needs_grad(const std::vector<const Tensor*>& inputs) {
   if (!GradMode::is_enabled()) return false;
   for (const Tensor* t : inputs)
     if (t->defined() && t->requires_grad()) return true;
   return false;
 }
 
-void record(const char* name, Tensor& output, std::initializer_list<const Tensor*> inputs,
+bool needs_grad(std::initializer_list<const Tensor*> inputs) {
+  return needs_grad(std::vector<const Tensor*>(inputs));
+}
+
+void record(const char* name, Tensor& output, const std::vector<const Tensor*>& inputs,
             BackwardFn fn) {
   if (!needs_grad(inputs)) return;
   auto node = std::make_shared<FunctionNode>(name, std::move(fn));
@@ -74,6 +78,11 @@ void record(const char* name, Tensor& output, std::initializer_list<const Tensor
   for (const Tensor* t : inputs)
     node->next_edges.push_back(t->defined() && t->requires_grad() ? t->gradient_edge() : nullptr);
   output.set_grad_fn(std::move(node));
+}
+
+void record(const char* name, Tensor& output, std::initializer_list<const Tensor*> inputs,
+            BackwardFn fn) {
+  record(name, output, std::vector<const Tensor*>(inputs), std::move(fn));
 }
 
 // ---------------------------------------------------------------- the engine

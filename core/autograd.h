@@ -103,6 +103,10 @@ bool needs_grad(std::initializer_list<const Tensor*> inputs);
 // per input, in order (undefined for inputs that need none). No-op when grad is not needed.
 void record(const char* name, Tensor& output, std::initializer_list<const Tensor*> inputs,
             BackwardFn fn);
+// The same for ops with any number of inputs (cat).
+bool needs_grad(const std::vector<const Tensor*>& inputs);
+void record(const char* name, Tensor& output, const std::vector<const Tensor*>& inputs,
+            BackwardFn fn);
 
 // Runs backward from `roots` seeded with `grads`.
 void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 py=/usr/bin/python3
 [[ -x $py ]] || py=python3
 
-scripts/build.sh build-release -DCMAKE_BUILD_TYPE=Release -DKILN_CUDA=OFF -DKILN_BENCH=ON "$@"
+scripts/build.sh build-release -DCMAKE_BUILD_TYPE=Release -DKILN_CUDA=OFF -DKILN_BENCH=ON -DBUILD_TESTING=OFF "$@"
 
 out=build-release/bench-results
 rm -rf "$out" && mkdir -p "$out" bench/results

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Google Benchmark JSON files -> one markdown table per file.
 
-    scripts/bench_table.py build-gpu/gpu-check/bench_*.json > table.md
+    scripts/bench_table.py [--strict] build-gpu/gpu-check/bench_*.json > table.md
+
+With --strict the exit status is 1 when any benchmark reported an error (SkipWithError).
 
 Columns: name, time (real; the manual time for GPU benchmarks that set it), CPU time, iterations,
 bytes_per_second as GB/s, items_per_second, then every user counter (frac_of_copy, TFLOPS, ...).
@@ -60,7 +62,7 @@ def cell(run, key):
     return str(value)
 
 
-def table(path):
+def table(path, errors):
     with open(path) as f:
         data = json.load(f)
     runs = data.get("benchmarks", [])
@@ -83,8 +85,6 @@ def table(path):
     name = os.path.basename(ctx.get("executable", path))
     lines = [f"### {name}", ""]
     about = [ctx.get("date", ""), f"{ctx.get('num_cpus', '?')} CPUs at {ctx.get('mhz_per_cpu', '?')} MHz"]
-    if ctx.get("library_build_type") == "debug":
-        about.append("Google Benchmark library reports a debug build")
     lines += ["; ".join(a for a in about if a), ""]
     if not runs:
         return "\n".join(lines + ["(no benchmarks ran)", ""])
@@ -92,6 +92,7 @@ def table(path):
     lines.append("|---|" + "---:|" * len(columns))
     for run in runs:
         if run.get("error_occurred"):
+            errors.append(run["name"])
             row = [f"error: {run.get('error_message', '')}"] + [""] * (len(columns) - 1)
         else:
             row = [cell(run, key) for key, _ in columns]
@@ -100,10 +101,16 @@ def table(path):
     return "\n".join(lines + [""])
 
 
-def main(paths):
+def main(args):
+    strict = "--strict" in args
+    paths = [a for a in args if a != "--strict"]
     if not paths:
         sys.exit(__doc__)
-    print("\n".join(table(p) for p in paths))
+    errors = []
+    print("\n".join(table(p, errors) for p in paths))
+    if errors:
+        print(f"bench_table: {len(errors)} benchmarks reported an error, first {errors[0]}", file=sys.stderr)
+    sys.exit(1 if strict and errors else 0)
 
 
 if __name__ == "__main__":

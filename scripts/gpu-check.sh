@@ -90,7 +90,7 @@ while read -r name status; do
 done < <(sed -nE 's/^ *[0-9]+\/[0-9]+ +Test +#[0-9]+: +([^ ]+) [ .]*[*]*([A-Za-z]+).*/\1 \2/p' "$log/ctest.log")
 
 # One line per GPU test: name, working directory, then its environment and command, shell-quoted.
-"$py" - >"$log/gpu-tests.txt" <<'PY'
+"$py" - >"$log/gpu-tests.txt" <<'PY' || failed=1
 import json, shlex, subprocess
 tests = json.loads(subprocess.run(["ctest", "--test-dir", "build-gpu", "-L", "gpu", "--show-only=json-v1"],
                                   capture_output=True, text=True, check=True).stdout)["tests"]
@@ -106,7 +106,7 @@ while IFS=$'\t' read -r name dir environment cmd; do
     [[ $tool == memcheck ]] && extra=(--leak-check full)
     echo "== $tool $name"
     status=0
-    (cd "$dir" && eval "env $environment timeout ${SANITIZER_TIMEOUT:-300} \
+    (cd "$dir" && eval "env $environment timeout -k 10 ${SANITIZER_TIMEOUT:-300} \
       $sanitizer --tool $tool ${extra[*]} --error-exitcode 99 $cmd") \
       >"$log/$name.$tool.log" 2>&1 || status=$?
     case $status in
@@ -124,7 +124,7 @@ for exe in build-gpu/bench/bench_*; do
   [[ -f $exe && -x $exe ]] || continue
   name=$(basename "$exe")
   echo "== $name"
-  timeout "${BENCH_TIMEOUT:-300}" "$exe" --benchmark_format=json --benchmark_out="$log/$name.json" \
+  timeout -k 10 "${BENCH_TIMEOUT:-300}" "$exe" --benchmark_format=json --benchmark_out="$log/$name.json" \
     >"$log/$name.log" 2>&1 || { echo "**$name failed** (log: $log/$name.log)"; failed=1; }
   [[ -s $log/$name.json ]] && jsons+=("$log/$name.json")
 done
@@ -158,7 +158,7 @@ mkdir -p bench/results
   echo
   echo "## Benchmarks"
   echo
-  if ((${#jsons[@]})); then "$py" scripts/bench_table.py "${jsons[@]}"; else echo "(none ran)"; fi
+  if ((${#jsons[@]})); then "$py" scripts/bench_table.py --strict "${jsons[@]}" || failed=1; else echo "(none ran)"; fi
 } >"$md"
 echo "gpu-check: wrote $md; logs in $log/"
 ((failed == 0)) || echo "gpu-check: FAILED (see the table in $md)" >&2

@@ -190,23 +190,17 @@ Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
     start += t.size(dim);
   }
 
-  // record() takes a fixed list of inputs; cat has any number, so build its node here.
-  bool any_grad = false;
-  for (const Tensor& t : tensors) any_grad = any_grad || t.requires_grad();
-  if (GradMode::is_enabled() && any_grad) {
-    std::vector<int64_t> sizes;
-    for (const Tensor& t : tensors) sizes.push_back(t.size(dim));
-    auto node = std::make_shared<FunctionNode>(
-        "CatBackward", [starts, sizes, dim](const Tensor& g) -> std::vector<Tensor> {
-          std::vector<Tensor> grads;
-          for (size_t i = 0; i < sizes.size(); ++i)
-            grads.push_back(g.narrow(dim, starts[i], sizes[i]));
-          return grads;
-        });
-    for (const Tensor& t : tensors)
-      node->next_edges.push_back(t.requires_grad() ? t.gradient_edge() : nullptr);
-    out.set_grad_fn(std::move(node));
+  std::vector<const Tensor*> inputs;
+  std::vector<int64_t> sizes;
+  for (const Tensor& t : tensors) {
+    inputs.push_back(&t);
+    sizes.push_back(t.size(dim));
   }
+  record("CatBackward", out, inputs, [starts, sizes, dim](const Tensor& g) -> std::vector<Tensor> {
+    std::vector<Tensor> grads;
+    for (size_t i = 0; i < sizes.size(); ++i) grads.push_back(g.narrow(dim, starts[i], sizes[i]));
+    return grads;
+  });
   return out;
 }
 
