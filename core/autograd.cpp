@@ -231,6 +231,17 @@ Tensor Tensor::detach() const {
   return make_view(t.storage, t.shape, t.strides, t.offset, t.dtype);
 }
 
+void Tensor::set_data(const Tensor& data) const {
+  TensorImpl& t = checked();
+  const TensorImpl& d = *data.impl();
+  t.storage = d.storage;
+  t.shape = d.shape;
+  t.strides = d.strides;
+  t.offset = d.offset;
+  t.dtype = d.dtype;
+  if (t.autograd) t.autograd->grad = Tensor();  // a gradient for the old data no longer fits
+}
+
 void Tensor::register_hook(TensorHook hook) const {
   KILN_CHECK(requires_grad(), "register_hook on a tensor that does not require grad (", meta_str(), ")");
   gradient_edge()->pre_hooks.push_back(std::move(hook));

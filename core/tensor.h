@@ -122,6 +122,9 @@ class Tensor {
   // Seeds with ones for a scalar; otherwise pass the gradient of the output.
   void backward(const Tensor& grad = Tensor(), bool retain_graph = false) const;
   Tensor detach() const;  // shares storage, cut from the graph
+  // Makes this tensor (every handle to it) refer to `data`'s storage, shape and dtype,
+  // keeping its autograd identity: how Module::to() moves parameters (PyTorch's set_data).
+  void set_data(const Tensor& data) const;
   uint32_t version() const { return storage()->version(); }
   void bump_version() const { storage()->bump_version(); }
   // Hook on the gradient flowing into this tensor; a defined return value replaces it.

@@ -35,8 +35,8 @@ hints=()
 cuda_home=$(dirname "$(dirname "$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)")")
 wheel_root() {  # wheel_root NAME: the nvidia/NAME folder (with include/ and lib/) of a Python wheel
   local sites
-  sites=$("$py" -c 'import site; print(*site.getsitepackages())' 2>/dev/null || true)
-  find /opt/torch $sites -maxdepth 8 -type d -path "*/nvidia/$1" \
+  read -ra sites <<<"$("$py" -c 'import site; print(*site.getsitepackages())' 2>/dev/null || true)"
+  find /opt/torch "${sites[@]}" -maxdepth 8 -type d -path "*/nvidia/$1" \
     -exec test -d {}/include -a -d {}/lib \; -print -quit 2>/dev/null || true
 }
 for lib in cudnn nccl; do
