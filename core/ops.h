@@ -108,4 +108,42 @@ inline Tensor operator-(double a, const Tensor& b) { return add(neg(b), a); }
 double max_abs_diff(const Tensor& a, const Tensor& b);
 bool allclose(const Tensor& a, const Tensor& b, double rtol = 1e-5, double atol = 1e-8);
 
+// ---- convolution and pooling (core/ops/conv.cpp, core/ops/pool.cpp)
+// A (height, width) argument: 3 means {3, 3}, like PyTorch's int-or-tuple.
+struct Size2 {
+  int64_t h = 0, w = 0;
+  Size2(int64_t both) : h(both), w(both) {}  // NOLINT(google-explicit-constructor)
+  Size2(int64_t height, int64_t width) : h(height), w(width) {}
+  bool operator==(const Size2&) const = default;
+};
+
+// torch.nn.functional.conv2d: input [N, C, H, W] (or unbatched [C, H, W]), weight
+// [O, C/groups, kH, kW], bias [O] or undefined. Cross-correlation, zero padding.
+Tensor conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias = Tensor(),
+              Size2 stride = 1, Size2 padding = 0, Size2 dilation = 1, int64_t groups = 1);
+// Max over each window (ties: the first max in row-major order gets the gradient). stride
+// defaults to the kernel; padding (implicit -inf) is at most half the kernel.
+Tensor max_pool2d(const Tensor& input, Size2 kernel, std::optional<Size2> stride = std::nullopt,
+                  Size2 padding = 0);
+// Mean over each window; count_include_pad divides by the window size including zero padding.
+Tensor avg_pool2d(const Tensor& input, Size2 kernel, std::optional<Size2> stride = std::nullopt,
+                  Size2 padding = 0, bool count_include_pad = true);
+// Output cell i averages input rows [floor(i*H/out), ceil((i+1)*H/out)), and likewise columns.
+Tensor adaptive_avg_pool2d(const Tensor& input, Size2 output_size);
+
+// ---- normalisation and dropout (core/ops/norm.cpp, core/ops/dropout.cpp)
+// torch.nn.functional.batch_norm. input [N, C] or [N, C, *]; weight, bias, running_mean and
+// running_var are [C] or undefined (weight 1, bias 0; no running statistics). Training
+// normalises with the batch mean and biased variance, and when running statistics are given
+// updates them in place: r = (1 - momentum) * r + momentum * batch value, with the UNBIASED
+// variance. Eval normalises with the running statistics (which must be given).
+Tensor batch_norm(const Tensor& input, const Tensor& weight, const Tensor& bias,
+                  const Tensor& running_mean, const Tensor& running_var, bool training,
+                  double momentum = 0.1, double eps = 1e-5);
+// Inverted dropout: in training, element i (row-major) is zeroed when the draw an f32 rand()
+// of x's shape would make for it (from gen, or the default generator) is < p, and the rest
+// are scaled by 1 / (1 - p); CPU and CUDA drop the same elements for one generator state.
+// Identity when !training or p == 0; zeros when p == 1.
+Tensor dropout(const Tensor& x, double p, bool training, Generator* gen = nullptr);
+
 }  // namespace kiln

@@ -52,6 +52,7 @@ std::vector<uint8_t> read_all(const std::string& path) {
   int code = Z_OK;
   const char* why = gzerror(f, &code);
   std::string zlib_error = code == Z_OK ? "" : why;
+  if (zlib_error.rfind(path + ": ", 0) == 0) zlib_error.erase(0, path.size() + 2);  // zlib names the file too
   gzclose(f);
   if (code != Z_OK && code != Z_BUF_ERROR) KILN_FAIL(path, ": cannot read: ", zlib_error);
   if (code == Z_BUF_ERROR) {

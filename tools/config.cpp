@@ -138,6 +138,32 @@ ConfigValue parse_config_value(const ConfigKey& key, const std::string& text, co
   return value;
 }
 
+std::string config_schema_markdown() {
+  std::ostringstream os;
+  os << "| key | type | default | meaning |\n|---|---|---|---|\n";
+  for (const ConfigKey& k : config_schema()) {
+    std::string def;
+    if (const auto* i = std::get_if<int64_t>(&k.default_value)) def = std::to_string(*i);
+    else if (const auto* f = std::get_if<double>(&k.default_value)) { std::ostringstream d; d << *f; def = d.str(); }
+    else if (const auto* b = std::get_if<bool>(&k.default_value)) def = *b ? "true" : "false";
+    else if (const auto* s = std::get_if<std::string>(&k.default_value)) def = s->empty() ? "\"\"" : *s;
+    else {
+      for (int64_t v : std::get<std::vector<int64_t>>(k.default_value)) def += (def.empty() ? "" : ", ") + std::to_string(v);
+      def = "[" + def + "]";
+    }
+    std::string meaning = k.help;
+    if (!k.choices.empty()) meaning += " (one of: " + join(k.choices) + ")";
+    if (k.min || k.max) {
+      std::ostringstream r;
+      if (k.min) r << " (min " << *k.min;
+      if (k.max) r << (k.min ? ", max " : " (max ") << *k.max;
+      meaning += r.str() + ")";
+    }
+    os << "| `" << k.path << "` | " << type_name(k.type) << " | `" << def << "` | " << meaning << " |\n";
+  }
+  return os.str();
+}
+
 Config::Config() {
   for (const ConfigKey& k : config_schema()) values_[k.path] = k.default_value;
 }

@@ -61,6 +61,9 @@ class Config {
 
 // Parses a scalar written in YAML or on a command line as `type`; `where` names it in errors.
 ConfigValue parse_config_value(const ConfigKey& key, const std::string& text, const std::string& where);
+// Markdown table of every key (key, type, default, meaning): docs/configs.md embeds it, and a
+// test keeps the two identical.
+std::string config_schema_markdown();
 // The valid key closest to `path` by edit distance, for "did you mean" hints.
 std::string nearest_config_key(const std::string& path);
 

@@ -30,8 +30,8 @@ const std::vector<ConfigKey>& config_schema() {
       key("model.blocks_per_stage", I, int64_t{2}, "resnet_small: residual blocks per stage", 1, 16),
 
       key("data.dataset", S, std::string("fashion_mnist"), "dataset: fashion_mnist or mnist"),
-      key("data.dir", S, std::string("/usr/share/datasets/fashion-mnist"),
-          "directory with the idx files (gzip or raw)"),
+      key("data.dir", S, std::string(""),
+          "directory with the idx files (gzip or raw); empty: the dataset's own (/usr/share/datasets/fashion-mnist)"),
       key("data.batch_size", I, int64_t{128}, "training batch size", 1),
       key("data.eval_batch_size", I, int64_t{1000}, "evaluation batch size", 1),
       key("data.shuffle", B, true, "reshuffle the training set every epoch"),

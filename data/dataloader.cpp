@@ -1,0 +1,195 @@
+#include "data/dataloader.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "core/allocator.h"
+#include "core/storage.h"
+
+#ifdef KILN_WITH_CUDA
+#include "core/cuda_context.h"
+#endif
+
+namespace kiln {
+
+namespace {
+
+// A contiguous tensor in `allocator`'s memory (pinned host memory for batches bound for a GPU,
+// so the copy is a DMA straight from it instead of a staged copy through pageable memory).
+Tensor host_tensor(const Shape& shape, DType dtype, Allocator* allocator) {
+  const auto nbytes = static_cast<std::size_t>(shape_numel(shape)) * element_size(dtype);
+  auto storage = std::make_shared<Storage>(nbytes, kCPU, allocator);
+  return Tensor::make_view(std::move(storage), shape, contiguous_strides(shape), 0, dtype);
+}
+
+}  // namespace
+
+DataLoader::DataLoader(std::shared_ptr<const Dataset> dataset, DataLoaderOptions options,
+                       std::shared_ptr<const Sampler> sampler)
+    : dataset_(std::move(dataset)), sampler_(std::move(sampler)), options_(std::move(options)) {
+  KILN_CHECK(dataset_, "DataLoader: no dataset");
+  KILN_CHECK(options_.batch_size > 0, "DataLoader: batch_size must be positive, got ", options_.batch_size);
+  KILN_CHECK(options_.prefetch >= 0, "DataLoader: prefetch must be >= 0, got ", options_.prefetch);
+  KILN_CHECK(!(sampler_ && options_.shuffle),
+             "DataLoader: shuffle and a sampler exclude each other (the sampler decides the order)");
+  const Device dev = options_.device;
+  KILN_CHECK(dev.is_cpu() || dev.index < cuda_device_count(), "DataLoader: device ", dev,
+             " is not available (", cuda_device_count(), " CUDA devices visible)");
+  sample_shape_ = dataset_->sample_shape();
+  options_.transform.validate(sample_shape_);
+
+  const int64_t n = dataset_->size();
+  if (!sampler_) {
+    if (options_.shuffle) sampler_ = std::make_shared<RandomSampler>(n, options_.seed);
+    else sampler_ = std::make_shared<SequentialSampler>(n);
+  }
+  const int64_t samples = sampler_->size();
+  const int64_t bs = options_.batch_size;
+  num_batches_ = options_.drop_last ? samples / bs : (samples + bs - 1) / bs;
+  KILN_CHECK(num_batches_ > 0, "DataLoader: no batches: ", samples, " samples per epoch",
+             options_.drop_last ? " with drop_last and batch_size " : " and batch_size ", bs);
+}
+
+DataLoader::~DataLoader() { stop_worker(); }
+
+Batch DataLoader::build(LoaderState at) {
+  if (order_epoch_ != at.epoch) {
+    order_ = sampler_->indices(at.epoch);
+    KILN_CHECK(static_cast<int64_t>(order_.size()) == sampler_->size(), "DataLoader: sampler gave ",
+               order_.size(), " indices for epoch ", at.epoch, ", its size() says ", sampler_->size());
+    order_epoch_ = at.epoch;
+  }
+  const int64_t start = at.batch * options_.batch_size;
+  const int64_t count = std::min(options_.batch_size, static_cast<int64_t>(order_.size()) - start);
+  const int64_t C = sample_shape_[0], H = sample_shape_[1], W = sample_shape_[2];
+  const int64_t per_sample = C * H * W;
+
+  Allocator* memory = options_.device.is_cuda() ? pinned_host_allocator() : cpu_allocator();
+  const Shape input_shape = options_.transform.flatten ? Shape{count, per_sample} : Shape{count, C, H, W};
+  Batch b;
+  b.inputs = host_tensor(input_shape, DType::f32, memory);
+  b.targets = host_tensor({count}, DType::i64, memory);
+  b.indices.assign(order_.begin() + start, order_.begin() + start + count);
+  b.epoch = at.epoch;
+  b.index = at.batch;
+
+  std::vector<uint8_t> pixels(static_cast<std::size_t>(per_sample));
+  float* inputs = b.inputs.data<float>();
+  int64_t* targets = b.targets.data<int64_t>();
+  for (int64_t j = 0; j < count; ++j) {
+    const int64_t i = b.indices[j];
+    KILN_CHECK(i >= 0 && i < dataset_->size(), "DataLoader: sampler gave index ", i, " outside the dataset's [0, ",
+               dataset_->size(), ")");
+    targets[j] = dataset_->get(i, pixels.data());
+    const AugmentChoice choice = augment_choice(options_.transform, options_.seed, at.epoch, i);
+    apply_transform(options_.transform, sample_shape_, pixels.data(), choice, inputs + j * per_sample);
+  }
+  return b;
+}
+
+DataLoader::Item DataLoader::produce(LoaderState& at) {
+  Item item;
+  if (at.batch >= num_batches_) {
+    item.end_of_epoch = true;
+    at = {at.epoch + 1, 0};
+  } else {
+    try {
+      item.batch = build(at);
+    } catch (const Error& e) {
+      // Say where in the epoch it happened; the thread that saw it is not the one that reports it.
+      throw Error(detail::str_cat("DataLoader: building batch ", at.batch, " of epoch ", at.epoch, ": ", e.what()));
+    }
+    ++at.batch;
+  }
+  return item;
+}
+
+Batch DataLoader::to_device(Batch host) const {
+  if (options_.device.is_cpu()) return host;
+  Batch b = host;
+  b.inputs = host.inputs.to(options_.device);
+  b.targets = host.targets.to(options_.device);
+#ifdef KILN_WITH_CUDA
+  // From pinned memory the copies really are asynchronous, and the pinned buffers are freed
+  // when `host` goes out of scope: wait for the copies first. Overlapping the copy with the
+  // previous step needs buffers kept alive until an event says the copy is done; later.
+  cuda::DeviceGuard guard(options_.device.index);
+  KILN_CUDA_CHECK(cudaStreamSynchronize(cuda::current_stream(options_.device.index)));
+#endif
+  return b;
+}
+
+bool DataLoader::next(Batch& out) {
+  Item item;
+  if (options_.prefetch == 0) {
+    LoaderState at = state_;
+    item = produce(at);  // a throw leaves state_ where it was
+  } else {
+    start_worker();
+    std::unique_lock<std::mutex> lock(mu_);
+    ready_.wait(lock, [&] { return !queue_.empty(); });
+    item = std::move(queue_.front());
+    queue_.pop_front();
+    lock.unlock();
+    space_.notify_one();
+    if (item.error) {
+      stop_worker();  // the thread ends after an error; the next call restarts it at state_
+      std::rethrow_exception(item.error);
+    }
+  }
+  if (item.end_of_epoch) {
+    state_ = {state_.epoch + 1, 0};
+    return false;
+  }
+  out = to_device(std::move(item.batch));
+  state_ = {out.epoch, out.index + 1};
+  return true;
+}
+
+void DataLoader::set_state(LoaderState state) {
+  KILN_CHECK(state.epoch >= 0 && state.batch >= 0 && state.batch <= num_batches_, "DataLoader::set_state: epoch ",
+             state.epoch, " batch ", state.batch, " is not a position (", num_batches_, " batches per epoch)");
+  stop_worker();
+  state_ = state;
+}
+
+// ---- the prefetch thread
+
+void DataLoader::start_worker() {
+  if (worker_.joinable()) return;
+  stop_ = false;
+  worker_ = std::thread(&DataLoader::worker_loop, this, state_);
+}
+
+void DataLoader::stop_worker() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  space_.notify_all();
+  if (worker_.joinable()) worker_.join();
+  queue_.clear();  // batches built for a position we are leaving
+  stop_ = false;
+}
+
+void DataLoader::worker_loop(LoaderState at) {
+  for (;;) {
+    Item item;
+    try {
+      item = produce(at);
+    } catch (...) {
+      item.error = std::current_exception();
+    }
+    const bool failed = item.error != nullptr;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      space_.wait(lock, [&] { return stop_ || static_cast<int64_t>(queue_.size()) < options_.prefetch; });
+      if (stop_) return;
+      queue_.push_back(std::move(item));
+    }
+    ready_.notify_one();
+    if (failed) return;
+  }
+}
+
+}  // namespace kiln

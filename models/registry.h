@@ -1,0 +1,40 @@
+// Models registered by name, so a config says `model.name: lenet` and the runner builds it.
+// An unknown name fails with the list of known ones.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nn/module.h"
+
+namespace kiln {
+class Generator;
+}
+
+namespace kiln::models {
+
+// Everything a model may read from the config's model section, plus the input geometry.
+struct ModelSpec {
+  std::string name = "mlp";
+  std::vector<int64_t> hidden_sizes = {512, 512};
+  std::string activation = "relu";
+  double dropout = 0.0;
+  int64_t num_classes = 10;
+  std::vector<int64_t> channels = {32, 64, 128};
+  int64_t blocks_per_stage = 2;
+  int64_t in_channels = 1, height = 28, width = 28;
+};
+
+using ModelFactory = std::function<std::shared_ptr<nn::Module>(const ModelSpec&, Generator*)>;
+
+bool register_model(const std::string& name, ModelFactory factory);
+std::shared_ptr<nn::Module> make_model(const ModelSpec& spec, Generator* gen = nullptr);
+std::vector<std::string> model_names();
+
+}  // namespace kiln::models
+
+// KILN_REGISTER_MODEL(mlp, make_mlp) at namespace scope in the model's file.
+#define KILN_REGISTER_MODEL(name, factory) \
+  [[maybe_unused]] static const bool kiln_model_registered_##name = ::kiln::models::register_model(#name, factory)

@@ -1,0 +1,714 @@
+// The run file formats in tools/io against their definitions and their reference readers:
+//   CRC-32C: published check values, a bit-at-a-time reference, incremental use, the TFRecord mask;
+//   safetensors: round trips for every dtype (non-contiguous inputs, scalars, empty tensors, CUDA),
+//     the exact byte layout, files written by the PyPI `safetensors` package read by kiln and kiln's
+//     files read by it (tests/parity/read_safetensors.py), and one clear error per kind of damage;
+//   atomic writes: an abandoned or failing write (a file-size limit) leaves the old file intact;
+//   TensorBoard: the protobuf bytes of a scalar derived by hand, and TensorBoard's own reader
+//     (tests/parity/read_tensorboard.py) checking CRCs and reading back tags, steps and values;
+//   metrics.jsonl: one flushed object per line, read back;
+//   checkpoints: round trip, the recorded checksum against the file's bytes, keep_last_k, a
+//     truncated newest checkpoint skipped with a warning, a flipped byte refused, a failed save.
+// Python runs in $KILN_SOURCE_DIR/.venv (scripts/setup.sh); those tests skip without it.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <bit>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/ops.h"
+#include "core/tensor.h"
+#include "tests/gradcheck.h"
+#include "tools/io/atomic_file.h"
+#include "tools/io/checkpoint.h"
+#include "tools/io/crc32c.h"
+#include "tools/io/jsonl.h"
+#include "tools/io/safetensors.h"
+#include "tools/io/tensorboard.h"
+
+namespace kiln {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace kiln::io;
+using nlohmann::json;
+
+// ---------------------------------------------------------------- helpers
+
+class IoTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = (fs::temp_directory_path() / "kiln_io_XXXXXX").string();
+    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+  fs::path dir_;
+};
+
+std::string read_bytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void write_bytes(const fs::path& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// A tensor's elements as contiguous bytes: what equality means for a file format.
+std::string bytes_of(const Tensor& t) {
+  Tensor c = t.detach().cpu().contiguous();
+  return std::string(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
+}
+
+// Elements as JSON numbers, exact for every dtype (to_vector<double> would round big int64s);
+// JSON has no inf or NaN, so those become "inf", "-inf", "nan", as read_safetensors.py writes them.
+json values_of(const Tensor& t) {
+  Tensor c = t.detach().cpu().contiguous();
+  json out = json::array();
+  if (is_floating(c.dtype())) {
+    for (double v : c.to_vector<double>()) {
+      if (std::isfinite(v)) out.push_back(v);
+      else out.push_back(std::isnan(v) ? "nan" : v > 0 ? "inf" : "-inf");
+    }
+  } else {
+    KILN_DISPATCH_ALL(c.dtype(), "values_of", [&] {
+      const scalar_t* p = c.data<scalar_t>();
+      for (int64_t i = 0; i < c.numel(); ++i) out.push_back(static_cast<int64_t>(p[i]));
+    });
+  }
+  return out;
+}
+
+// Runs `fn`, expecting a kiln::Error whose message contains every one of `parts`.
+template <class Fn>
+::testing::AssertionResult throws_with(Fn&& fn, const std::vector<std::string>& parts) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    for (const std::string& p : parts)
+      if (what.find(p) == std::string::npos)
+        return ::testing::AssertionFailure() << "message lacks \"" << p << "\": " << what;
+    return ::testing::AssertionSuccess();
+  }
+  return ::testing::AssertionFailure() << "no kiln::Error thrown";
+}
+
+// The venv interpreter, or an empty string and the reason it cannot be used.
+std::string venv_python(const std::string& imports, std::string* skip_reason) {
+  const char* src = std::getenv("KILN_SOURCE_DIR");
+  const std::string python = (fs::path(src ? src : ".") / ".venv" / "bin" / "python").string();
+  if (access(python.c_str(), X_OK) != 0) {
+    *skip_reason = python + " not found (scripts/setup.sh creates it)";
+    return "";
+  }
+  const std::string probe = "'" + python + "' -c 'import " + imports + "' >/dev/null 2>&1";
+  if (std::system(probe.c_str()) != 0) {
+    *skip_reason = python + " cannot import " + imports + " (scripts/setup.sh installs them)";
+    return "";
+  }
+  return python;
+}
+
+fs::path parity_script(const std::string& name) {
+  const char* src = std::getenv("KILN_SOURCE_DIR");
+  return fs::path(src ? src : ".") / "tests" / "parity" / name;
+}
+
+// Runs `python script args...`; returns its stdout parsed as JSON, failing with its stderr.
+json run_script(const std::string& python, const std::string& script, const std::string& args,
+                const fs::path& scratch) {
+  const fs::path err = scratch / "stderr.txt";
+  const std::string cmd = "'" + python + "' '" + parity_script(script).string() + "' " + args +
+                          " 2>'" + err.string() + "'";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  KILN_CHECK(pipe, "cannot run ", cmd);
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, pipe)) out.append(buf, n);
+  const int status = pclose(pipe);
+  KILN_CHECK(status == 0, cmd, " failed (status ", WEXITSTATUS(status), "):\n", read_bytes(err));
+  return json::parse(out);
+}
+
+// Makes writes past `bytes` fail with EFBIG (instead of SIGXFSZ) until destroyed: a full disk
+// that even root cannot write past, unlike a read-only directory.
+class FileSizeLimit {
+ public:
+  explicit FileSizeLimit(rlim_t bytes) {
+    getrlimit(RLIMIT_FSIZE, &saved_);
+    old_handler_ = signal(SIGXFSZ, SIG_IGN);
+    rlimit limit = saved_;
+    limit.rlim_cur = bytes;
+    setrlimit(RLIMIT_FSIZE, &limit);
+  }
+  ~FileSizeLimit() {
+    setrlimit(RLIMIT_FSIZE, &saved_);
+    signal(SIGXFSZ, old_handler_);
+  }
+
+ private:
+  rlimit saved_{};
+  sighandler_t old_handler_;
+};
+
+// ---------------------------------------------------------------- CRC-32C
+
+// CRC-32C by its definition: reflected input and output, polynomial 0x1EDC6F41 (0x82F63B78
+// reflected), initial value and final XOR 0xFFFFFFFF; one bit at a time, no tables.
+uint32_t crc32c_bitwise(const std::string& s) {
+  uint32_t c = 0xffffffffu;
+  for (unsigned char byte : s) {
+    c ^= byte;
+    for (int k = 0; k < 8; ++k) c = (c & 1u) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+  }
+  return ~c;
+}
+
+TEST(Crc32c, PublishedCheckValues) {
+  EXPECT_EQ(crc32c(""), 0u);
+  // The "check" value of CRC-32C in the CRC catalogue (reveng.sourceforge.io/crc-catalogue).
+  EXPECT_EQ(crc32c("123456789"), 0xE3069283u);
+  // RFC 3720 (iSCSI), appendix B.4: 32 bytes of 0x00, of 0xFF, ascending 0..31, descending 31..0.
+  std::string zeros(32, '\0'), ones(32, '\xff'), up(32, '\0'), down(32, '\0');
+  for (int i = 0; i < 32; ++i) {
+    up[i] = static_cast<char>(i);
+    down[i] = static_cast<char>(31 - i);
+  }
+  EXPECT_EQ(crc32c(zeros), 0x8A9136AAu);
+  EXPECT_EQ(crc32c(ones), 0x62A8AB43u);
+  EXPECT_EQ(crc32c(up), 0x46DD794Eu);
+  EXPECT_EQ(crc32c(down), 0x113FDB5Cu);
+}
+
+TEST(Crc32c, MatchesBitwiseDefinitionAtEveryLengthAlignmentAndSplit) {
+  std::mt19937 rng(7);
+  std::string buffer(300, '\0');
+  for (char& c : buffer) c = static_cast<char>(rng());
+  for (size_t start = 0; start < 8; ++start) {  // the 8-byte loop must not care about alignment
+    for (size_t len = 0; len <= 200; ++len) {
+      const std::string s = buffer.substr(start, len);
+      const uint32_t want = crc32c_bitwise(s);
+      ASSERT_EQ(crc32c(buffer.data() + start, len), want) << "start " << start << " length " << len;
+      const size_t cut = len / 3;
+      ASSERT_EQ(crc32c(s.substr(cut), crc32c(s.substr(0, cut))), want) << "split at " << cut;
+    }
+  }
+}
+
+TEST(Crc32c, TfRecordMask) {
+  // rotate right by 15: 0xE3069283 >> 15 = 0x0001C60D; its low 15 bits 0x1283 << 17 = 0x25060000;
+  // OR: 0x2507C60D; + 0xA282EAD8 = 0xC78AB0E5 (no carry past 32 bits).
+  EXPECT_EQ(masked_crc32c(0xE3069283u), 0xC78AB0E5u);
+  // Wrap-around: 0 rotated is 0, so the mask is the constant itself.
+  EXPECT_EQ(masked_crc32c(0u), 0xA282EAD8u);
+}
+
+// ---------------------------------------------------------------- safetensors
+
+// One tensor of every dtype, with edge values, including views that are not contiguous.
+NamedTensors every_dtype() {
+  const double inf = std::numeric_limits<double>::infinity();
+  Tensor grid = from_vector(std::vector<double>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, {3, 4});
+  return {
+      {"f32.transposed", grid.t()},                                         // strides (1, 4)
+      {"f16", from_vector(std::vector<double>{-0.0, 65504, 6e-8, -1.5, inf, std::nan("")}, {6},
+                         {.dtype = DType::f16})},
+      {"bf16", from_vector(std::vector<double>{1.0 / 3, -3e38, 1e-40, 7, -inf, 0.5}, {2, 3},
+                           {.dtype = DType::bf16})},
+      {"f64.sliced", from_vector(std::vector<double>{M_PI, -1e300, 5e-324, 2, 3, 4}, {6},
+                                 {.dtype = DType::f64}).slice(0, 0, 6, 2)},  // stride 2
+      {"i32", from_vector(std::vector<int64_t>{-2147483648LL, -1, 0, 2147483647}, {2, 2},
+                          {.dtype = DType::i32})},
+      {"i64.expanded", from_vector(std::vector<int64_t>{-(1LL << 62), (1LL << 53) + 1}, {2, 1})
+                           .expand({2, 3})},                                 // stride 0
+      {"u8", from_vector(std::vector<int64_t>{0, 1, 128, 255}, {4}, {.dtype = DType::u8})},
+      {"bool", from_vector(std::vector<double>{1, 0, 0, 1, 1, 1}, {3, 2}, {.dtype = DType::b8})},
+      {"scalar", scalar_tensor(-2.5)},
+      {"empty", zeros({0, 3})},
+  };
+}
+
+TEST_F(IoTest, SafetensorsRoundTripsEveryDtypeAndLayout) {
+  const NamedTensors written = every_dtype();
+  const SafetensorsMetadata metadata{{"author", "kiln"}, {"quote\"and\nnewline", "é 中"}};
+  const fs::path path = dir_ / "all.safetensors";
+  save_safetensors(path, written, metadata);
+
+  const SafetensorsContents read = load_safetensors(path);
+  EXPECT_EQ(read.metadata, metadata);
+  ASSERT_EQ(read.tensors.size(), written.size());
+  for (size_t i = 0; i < written.size(); ++i) {
+    const auto& [name, want] = written[i];
+    const Tensor& got = read.tensors[i].second;
+    EXPECT_EQ(read.tensors[i].first, name) << "tensors come back in the order written";
+    EXPECT_EQ(got.dtype(), want.dtype()) << name;
+    EXPECT_EQ(got.shape(), want.shape()) << name;
+    EXPECT_TRUE(got.is_contiguous()) << name;
+    EXPECT_EQ(bytes_of(got), bytes_of(want)) << name << ": bytes differ";
+  }
+  // The non-contiguous views were stored by value, row-major: transposed grid row 0 = 0, 4, 8.
+  EXPECT_EQ(values_of(read.tensors[0].second)[1], 4.0);
+  EXPECT_EQ(values_of(read.tensors[3].second), json({M_PI, 5e-324, 3.0}));
+}
+
+TEST_F(IoTest, SafetensorsByteLayout) {
+  const fs::path path = dir_ / "layout.safetensors";
+  save_safetensors(path, {{"a", from_vector(std::vector<float>{1, 2, 3}, {3})},
+                          {"b", from_vector(std::vector<int64_t>{-1}, {1})}},
+                   {{"k", "v"}});
+  const std::string file = read_bytes(path);
+  uint64_t n = 0;
+  std::memcpy(&n, file.data(), 8);
+  EXPECT_EQ(n % 8, 0u) << "header padded to 8 bytes";
+  ASSERT_EQ(file.size(), 8 + n + 3 * 4 + 8) << "8-byte length + header + 12 + 8 data bytes";
+  const std::string header = file.substr(8, n);
+  const std::string padding = header.substr(header.rfind('}') + 1);
+  EXPECT_EQ(padding, std::string(padding.size(), ' ')) << "only spaces after the JSON";
+  EXPECT_LT(padding.size(), 8u);
+  const json h = json::parse(header);
+  EXPECT_EQ(h["__metadata__"], json({{"k", "v"}}));
+  EXPECT_EQ(h["a"], json({{"dtype", "F32"}, {"shape", {3}}, {"data_offsets", {0, 12}}}));
+  EXPECT_EQ(h["b"], json({{"dtype", "I64"}, {"shape", {1}}, {"data_offsets", {12, 20}}}));
+  float a[3];
+  std::memcpy(a, file.data() + 8 + n, 12);
+  EXPECT_EQ(a[0], 1.0f);
+  EXPECT_EQ(a[2], 3.0f);
+}
+
+TEST_F(IoTest, SafetensorsWritesCudaTensorsFromHostCopies) {
+  KILN_SKIP_WITHOUT_CUDA();
+  const Tensor host = from_vector(std::vector<double>{1, -2, 3.5, 4, 5, 6}, {2, 3}, {.dtype = DType::bf16});
+  const fs::path path = dir_ / "cuda.safetensors";
+  save_safetensors(path, {{"w", host.to(Device("cuda:0")).t()}});
+  const SafetensorsContents read = load_safetensors(path);
+  EXPECT_TRUE(read.tensors[0].second.device().is_cpu());
+  EXPECT_EQ(bytes_of(read.tensors[0].second), bytes_of(host.t()));
+}
+
+TEST_F(IoTest, SafetensorsReferenceReadsKilnFiles) {
+  std::string skip;
+  const std::string python = venv_python("safetensors, torch", &skip);
+  if (python.empty()) GTEST_SKIP() << skip;
+  const NamedTensors written = every_dtype();
+  const SafetensorsMetadata metadata{{"step", "12"}, {"note", "é"}};
+  const fs::path path = dir_ / "kiln.safetensors";
+  save_safetensors(path, written, metadata);
+
+  const json seen = run_script(python, "read_safetensors.py", "read '" + path.string() + "'", dir_);
+  EXPECT_EQ(seen["metadata"], json(metadata));
+  ASSERT_EQ(seen["tensors"].size(), written.size());
+  for (const auto& [name, want] : written) {
+    const json* found = nullptr;
+    for (const json& t : seen["tensors"])
+      if (t["name"] == name) found = &t;
+    ASSERT_NE(found, nullptr) << name << " missing";
+    EXPECT_EQ((*found)["dtype"], safetensors_dtype_name(want.dtype())) << name;
+    EXPECT_EQ((*found)["shape"], json(want.shape())) << name;
+    EXPECT_EQ((*found)["values"], values_of(want)) << name;
+  }
+}
+
+TEST_F(IoTest, SafetensorsKilnReadsReferenceFiles) {
+  std::string skip;
+  const std::string python = venv_python("safetensors, torch", &skip);
+  if (python.empty()) GTEST_SKIP() << skip;
+  const fs::path path = dir_ / "python.safetensors";
+  const json wrote = run_script(python, "read_safetensors.py", "write '" + path.string() + "'", dir_);
+
+  const SafetensorsContents read = load_safetensors(path);
+  EXPECT_EQ(json(read.metadata), wrote["metadata"]);
+  ASSERT_EQ(read.tensors.size(), wrote["tensors"].size());
+  for (const json& want : wrote["tensors"]) {
+    const std::string name = want["name"];
+    const Tensor* got = nullptr;
+    for (const auto& [n, t] : read.tensors)
+      if (n == name) got = &t;
+    ASSERT_NE(got, nullptr) << name << " missing";
+    EXPECT_EQ(safetensors_dtype_name(got->dtype()), want["dtype"].get<std::string>()) << name;
+    EXPECT_EQ(json(got->shape()), want["shape"]) << name;
+    EXPECT_EQ(values_of(*got), want["values"]) << name;
+  }
+}
+
+// A safetensors file assembled by hand, so each test can break one rule.
+std::string raw_file(const std::string& header, const std::string& buffer) {
+  const uint64_t n = header.size();
+  return std::string(reinterpret_cast<const char*>(&n), 8) + header + buffer;
+}
+
+TEST_F(IoTest, SafetensorsDamageGivesOneClearError) {
+  const fs::path good = dir_ / "good.safetensors";
+  save_safetensors(good, {{"w", from_vector(std::vector<float>{1, 2, 3, 4}, {2, 2})},
+                          {"b", from_vector(std::vector<float>{5, 6}, {2})}});
+  const std::string bytes = read_bytes(good);
+  const fs::path bad = dir_ / "bad.safetensors";
+  auto load_bad = [&](const std::string& contents, const std::vector<std::string>& parts) {
+    write_bytes(bad, contents);
+    std::vector<std::string> all = parts;
+    all.push_back(bad.string());  // every error names the file
+    return throws_with([&] { load_safetensors(bad); }, all);
+  };
+  const std::string eight_floats(32, '\0');
+
+  EXPECT_TRUE(load_bad(bytes.substr(0, bytes.size() - 3), {"truncated", "tensor 'b'"}));
+  EXPECT_TRUE(load_bad(bytes.substr(0, 5), {"too short"}));
+  std::string huge = bytes;
+  huge[7] = '\x01';  // header length 2^56 + ...
+  EXPECT_TRUE(load_bad(huge, {"header length", "exceeds the file size"}));
+  EXPECT_TRUE(load_bad(raw_file("{\"w\": {\"dtype\": \"F32\",", eight_floats), {"not valid JSON"}));
+  EXPECT_TRUE(load_bad(raw_file("[1, 2]", ""), {"must be a JSON object"}));
+  EXPECT_TRUE(load_bad(raw_file(R"({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                                    "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}})",
+                                std::string(24, '\0')),
+                       {"tensor 'b'", "overlaps tensor 'a'"}));
+  EXPECT_TRUE(load_bad(raw_file(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                                    "b": {"dtype": "F32", "shape": [4], "data_offsets": [16, 32]}})",
+                                eight_floats),
+                       {"gap", "tensor 'b'"}));
+  EXPECT_TRUE(load_bad(raw_file(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})",
+                                eight_floats),
+                       {"trailing bytes"}));
+  EXPECT_TRUE(load_bad(raw_file(R"({"a": {"dtype": "F8_E4M3", "shape": [32], "data_offsets": [0, 32]}})",
+                                eight_floats),
+                       {"tensor 'a'", "unknown dtype 'F8_E4M3'", "known: F32, F16, BF16"}));
+  EXPECT_TRUE(load_bad(raw_file(R"({"a": {"dtype": "F64", "shape": [2, 3], "data_offsets": [0, 32]}})",
+                                eight_floats),
+                       {"tensor 'a'", "needs 48 bytes", "span 32"}));
+  EXPECT_TRUE(load_bad(raw_file(R"({"a": {"dtype": "F32", "shape": [-8], "data_offsets": [0, 32]}})",
+                                eight_floats),
+                       {"tensor 'a'", "shape entry must be a non-negative integer"}));
+  EXPECT_TRUE(load_bad(raw_file(R"({"a": {"dtype": "F32", "shape": [8], "data_offsets": [0, 32]},
+                                    "a": {"dtype": "F32", "shape": [8], "data_offsets": [0, 32]}})",
+                                eight_floats),
+                       {"duplicate key 'a'"}));
+  EXPECT_TRUE(load_bad(raw_file(R"({"a": {"dtype": "F32", "shape": [8], "offsets": [0, 32]}})",
+                                eight_floats),
+                       {"tensor 'a'", "unknown key 'offsets'"}));
+  EXPECT_TRUE(load_bad(raw_file(R"({"__metadata__": {"n": 3}})", ""), {"__metadata__ 'n'", "string"}));
+  EXPECT_TRUE(load_bad(raw_file(R"({"m": {"dtype": "BOOL", "shape": [2], "data_offsets": [0, 2]}})",
+                                std::string("\x01\x02", 2)),
+                       {"tensor 'm'", "BOOL", "byte 2"}));
+  EXPECT_TRUE(throws_with([&] { load_safetensors(dir_ / "missing.safetensors"); },
+                          {"cannot open", "missing.safetensors"}));
+}
+
+TEST_F(IoTest, SafetensorsWriterRefusesAmbiguousNames) {
+  const Tensor t = zeros({1});
+  const fs::path path = dir_ / "names.safetensors";
+  EXPECT_TRUE(throws_with([&] { save_safetensors(path, {{"x", t}, {"x", t}}); },
+                          {path.string(), "two tensors are called 'x'"}));
+  EXPECT_TRUE(throws_with([&] { save_safetensors(path, {{"__metadata__", t}}); }, {path.string()}));
+  EXPECT_FALSE(fs::exists(path));
+}
+
+// ---------------------------------------------------------------- atomic writes
+
+// No file but the target may be left in the directory.
+void expect_no_temporaries(const fs::path& dir) {
+  for (const auto& e : fs::directory_iterator(dir))
+    EXPECT_EQ(e.path().filename().string().find(".tmp."), std::string::npos) << e.path();
+}
+
+TEST_F(IoTest, AtomicWriteReplacesWholeFileOrNothing) {
+  const fs::path path = dir_ / "state.txt";
+  write_file_atomic(path, "old contents");
+  {
+    AtomicFileWriter writer(path);
+    writer.write("half of the new");
+    EXPECT_TRUE(fs::exists(writer.temp_path()));
+    EXPECT_EQ(read_bytes(path), "old contents") << "target untouched before commit";
+  }  // abandoned, as when an exception unwinds the stack
+  EXPECT_EQ(read_bytes(path), "old contents");
+  expect_no_temporaries(dir_);
+
+  write_file_atomic(path, "new");
+  EXPECT_EQ(read_bytes(path), "new");
+  expect_no_temporaries(dir_);
+}
+
+TEST_F(IoTest, AtomicWriteThatFailsMidwayKeepsTheOldFile) {
+  const fs::path path = dir_ / "weights.safetensors";
+  const Tensor old = from_vector(std::vector<float>{1, 2, 3}, {3});
+  save_safetensors(path, {{"w", old}});
+  const std::string before = read_bytes(path);
+  {
+    FileSizeLimit limit(1024);  // the new file needs 40 KB
+    EXPECT_TRUE(throws_with([&] { save_safetensors(path, {{"w", zeros({10000})}}); },
+                            {"cannot write", path.string()}));
+  }
+  EXPECT_EQ(read_bytes(path), before);
+  expect_no_temporaries(dir_);
+}
+
+// ---------------------------------------------------------------- TensorBoard
+
+// Splits a TFRecord file into its records, checking the framing (not the CRCs: Python does).
+std::vector<std::string> tfrecords(const std::string& file) {
+  std::vector<std::string> out;
+  size_t pos = 0;
+  while (pos + 12 <= file.size()) {
+    uint64_t n = 0;
+    std::memcpy(&n, file.data() + pos, 8);
+    if (pos + 16 + n > file.size()) break;
+    out.push_back(file.substr(pos + 12, n));
+    pos += 16 + n;
+  }
+  EXPECT_EQ(pos, file.size()) << "records must tile the file";
+  return out;
+}
+
+TEST_F(IoTest, TensorBoardScalarEventBytes) {
+  const double t0 = static_cast<double>(std::time(nullptr));
+  fs::path path;
+  {
+    SummaryWriter writer(dir_ / "run");
+    writer.add_scalar("a", 1.0, 1);
+    path = writer.path();
+  }
+  const double t1 = static_cast<double>(std::time(nullptr)) + 1;
+  EXPECT_EQ(path.parent_path(), dir_ / "run");
+  const std::string name = path.filename().string();
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  EXPECT_EQ(name.rfind("events.out.tfevents.", 0), 0u) << name;
+  EXPECT_EQ(name.substr(name.size() - std::strlen(host)), host) << name;
+
+  const std::vector<std::string> records = tfrecords(read_bytes(path));
+  ASSERT_EQ(records.size(), 2u);
+  // Record 1: 0x09 + wall_time (8 bytes), then file_version (field 3, wire type 2): key 0x1a,
+  // length 13, "brain.Event:2".
+  EXPECT_EQ(records[0].substr(9), std::string("\x1a\x0d") + "brain.Event:2");
+  // Record 2: key 0x09 (field 1, fixed64) + 8 bytes of wall_time; step: key 0x10 (field 2,
+  // varint), 0x01; summary: key 0x2a (field 5, length-delimited), length 10, holding
+  //   Summary.value: key 0x0a, length 8, holding
+  //     Value.tag: key 0x0a, length 1, 'a'; Value.simple_value: key 0x15 (field 2, fixed32),
+  //     1.0f = 0x3F800000 little-endian: 00 00 80 3f.
+  const std::string tail("\x10\x01\x2a\x0a\x0a\x08\x0a\x01" "a" "\x15\x00\x00\x80\x3f", 14);
+  ASSERT_EQ(records[1].size(), 9 + tail.size());
+  EXPECT_EQ(records[1][0], '\x09');
+  EXPECT_EQ(records[1].substr(9), tail);
+  double wall = 0;
+  std::memcpy(&wall, records[1].data() + 1, 8);
+  EXPECT_GE(wall, t0);
+  EXPECT_LE(wall, t1);
+}
+
+TEST_F(IoTest, TensorBoardReadsKilnScalars) {
+  std::string skip;
+  const std::string python = venv_python("tensorboard", &skip);
+  if (python.empty()) GTEST_SKIP() << skip;
+  struct Point { std::string tag; int64_t step; double value; };
+  // A negative step (a ten-byte varint) first, since EventAccumulator drops points that go back
+  // in step; 2^40 + 3 needs a six-byte varint; values that are not floats get rounded to float.
+  const std::vector<Point> points = {
+      {"train/loss", -5, 2.25},      {"train/loss", 0, 2.3025850929940455}, {"lr", 0, 3e-4},
+      {"train/loss", 1, 1.5},        {"lr", 1, 2.9e-4},                     {"train/loss", 100, -0.0},
+      {"lr", 1099511627779, 1e-38},  {"train/loss", 1099511627779, 1e30},
+  };
+  const double t0 = static_cast<double>(std::time(nullptr));
+  const fs::path run = dir_ / "run";
+  {
+    SummaryWriter writer(run);
+    for (const Point& p : points) writer.add_scalar(p.tag, p.value, p.step);
+    writer.flush();
+  }
+  const double t1 = static_cast<double>(std::time(nullptr)) + 1;
+
+  const json seen = run_script(python, "read_tensorboard.py", "'" + run.string() + "'", dir_);
+  EXPECT_EQ(seen["files"].size(), 1u);
+  EXPECT_EQ(seen["file_version"], "brain.Event:2");
+  EXPECT_EQ(seen["records"], points.size() + 1);
+  ASSERT_EQ(seen["raw"].size(), points.size());
+  for (size_t i = 0; i < points.size(); ++i) {
+    const json& r = seen["raw"][i];
+    EXPECT_EQ(r[0], points[i].tag);
+    EXPECT_EQ(r[1], points[i].step);
+    EXPECT_EQ(r[2].get<double>(), static_cast<double>(static_cast<float>(points[i].value))) << i;
+    EXPECT_GE(r[3].get<double>(), t0);
+    EXPECT_LE(r[3].get<double>(), t1);
+  }
+  for (const char* tag : {"train/loss", "lr"}) {
+    json want = json::array();
+    for (const Point& p : points)
+      if (p.tag == tag) want.push_back({p.step, static_cast<double>(static_cast<float>(p.value))});
+    json got = json::array();
+    for (const json& e : seen["scalars"][tag]) got.push_back({e[0], e[1]});
+    EXPECT_EQ(got, want) << tag;
+  }
+}
+
+// ---------------------------------------------------------------- metrics.jsonl
+
+TEST_F(IoTest, JsonlOneFlushedObjectPerLine) {
+  const fs::path path = dir_ / "logs" / "metrics.jsonl";
+  const json a = {{"step", 1}, {"train/loss", 2.5}, {"lr", 3e-4}};
+  const json b = {{"step", 2}, {"eval/accuracy", 0.875}, {"note", "a\nb"}};
+  {
+    JsonlWriter log(path);
+    log.write(a);
+    log.write(b);
+    // Flushed per line: another reader sees both lines while the writer is still open.
+    EXPECT_EQ(read_jsonl(path), std::vector<json>({a, b}));
+    const std::string text = read_bytes(path);
+    EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 2) << "the newline in a string is escaped";
+    log.write({{"step", 3}, {"loss", std::nan("")}});
+    EXPECT_TRUE(throws_with([&] { log.write(json::array({1, 2})); }, {path.string(), "JSON object"}));
+  }
+  EXPECT_EQ(read_jsonl(path).back(), json({{"step", 3}, {"loss", nullptr}})) << "NaN becomes null";
+  JsonlWriter(path).write({{"step", 4}});  // append mode continues the log
+  EXPECT_EQ(read_jsonl(path).size(), 4u);
+  JsonlWriter(path, JsonlWriter::Mode::truncate).write({{"step", 0}});
+  EXPECT_EQ(read_jsonl(path), std::vector<json>({{{"step", 0}}}));
+
+  write_bytes(path, "{\"step\": 1}\n{\"step\": \n");
+  EXPECT_TRUE(throws_with([&] { read_jsonl(path); }, {path.string() + ":2", "not valid JSON"}));
+}
+
+// ---------------------------------------------------------------- checkpoints
+
+CheckpointContents sample_checkpoint(double scale) {
+  CheckpointContents c;
+  c.model = {{"fc1.weight", from_vector(std::vector<double>{1, 2, 3, 4, 5, 6}, {2, 3}) * scale},
+             {"fc1.bias", from_vector(std::vector<double>{-1, 1}, {2}, {.dtype = DType::bf16})},
+             {"bn.num_batches_tracked", from_vector(std::vector<int64_t>{42}, {})}};
+  c.optim = {{"fc1.weight.exp_avg", full({2, 3}, 0.25 * scale)}, {"fc1.weight.exp_avg_sq", zeros({3, 2}).t()}};
+  c.rng_seed = 0xFFFFFFFFFFFFFFFFull;  // uint64 values beyond int64 survive the JSON
+  c.rng_offset = 123456789012345ull;
+  c.data_loader = {{"epoch", 3}, {"position", 1024}, {"permutation_seed", 9}};
+  c.extra = {{"scheduler", {{"last_step", 99}}}, {"optimizer_step", 100}};
+  c.config = "model: mlp\nlr: 0.001  # \"quoted\" é\n";
+  return c;
+}
+
+void expect_same(const NamedTensors& got, const NamedTensors& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ(got[i].first, want[i].first);
+    EXPECT_EQ(got[i].second.dtype(), want[i].second.dtype()) << want[i].first;
+    EXPECT_EQ(got[i].second.shape(), want[i].second.shape()) << want[i].first;
+    EXPECT_EQ(bytes_of(got[i].second), bytes_of(want[i].second)) << want[i].first;
+  }
+}
+
+TEST_F(IoTest, CheckpointRoundTripsEverythingAndRecordsTheDataChecksum) {
+  const CheckpointContents saved = sample_checkpoint(1.0);
+  const fs::path path = save_checkpoint(dir_ / "ckpt", 100, saved, 3);
+  EXPECT_EQ(path, dir_ / "ckpt" / "ckpt-100.safetensors");
+
+  const CheckpointContents loaded = load_checkpoint(path);
+  EXPECT_EQ(loaded.step, 100);
+  expect_same(loaded.model, saved.model);
+  expect_same(loaded.optim, saved.optim);
+  EXPECT_EQ(loaded.rng_seed, saved.rng_seed);
+  EXPECT_EQ(loaded.rng_offset, saved.rng_offset);
+  EXPECT_EQ(loaded.data_loader, saved.data_loader);
+  EXPECT_EQ(loaded.extra, saved.extra);
+  EXPECT_EQ(loaded.config, saved.config);
+
+  // A plain safetensors file: the prefixed names, and a checksum equal to the CRC-32C of the
+  // bytes after the header, computed here from the raw file.
+  const SafetensorsContents file = load_safetensors(path);
+  EXPECT_EQ(file.tensors[0].first, "model.fc1.weight");
+  EXPECT_EQ(file.tensors[3].first, "optim.fc1.weight.exp_avg");
+  const std::string raw = read_bytes(path);
+  uint64_t n = 0;
+  std::memcpy(&n, raw.data(), 8);
+  char hex[9];
+  std::snprintf(hex, sizeof hex, "%08x", crc32c_bitwise(raw.substr(8 + n)));
+  EXPECT_EQ(file.metadata.at("checksum"), hex);
+  EXPECT_EQ(file.metadata.at("step"), "100");
+}
+
+std::vector<int64_t> steps_in(const fs::path& dir) {
+  std::vector<int64_t> steps;
+  for (const auto& [step, path] : list_checkpoints(dir)) steps.push_back(step);
+  return steps;
+}
+
+TEST_F(IoTest, CheckpointKeepsTheLastK) {
+  const CheckpointContents c = sample_checkpoint(1.0);
+  for (int64_t step : {10, 20, 30, 40, 50}) save_checkpoint(dir_, step, c, 2);
+  EXPECT_EQ(steps_in(dir_), (std::vector<int64_t>{40, 50}));
+  // Saving an earlier step (a rerun from an older checkpoint) keeps it and leaves later ones.
+  save_checkpoint(dir_, 5, c, 2);
+  EXPECT_EQ(steps_in(dir_), (std::vector<int64_t>{5, 40, 50}));
+  for (int64_t step : {60, 70}) save_checkpoint(dir_, step, c, 0);  // 0: keep everything
+  EXPECT_EQ(steps_in(dir_), (std::vector<int64_t>{5, 40, 50, 60, 70}));
+  save_checkpoint(dir_, 80, c, 1);
+  EXPECT_EQ(steps_in(dir_), (std::vector<int64_t>{80}));
+  expect_no_temporaries(dir_);
+}
+
+TEST_F(IoTest, LatestValidCheckpointSkipsATruncatedOneWithAWarning) {
+  EXPECT_EQ(latest_valid_checkpoint(dir_ / "absent"), std::nullopt);
+  EXPECT_EQ(latest_valid_checkpoint(dir_), std::nullopt);
+  save_checkpoint(dir_, 9, sample_checkpoint(1.0), 0);   // 9 < 10 < 200: numeric, not text, order
+  save_checkpoint(dir_, 10, sample_checkpoint(2.0), 0);
+  const fs::path newest = save_checkpoint(dir_, 200, sample_checkpoint(3.0), 0);
+  write_bytes(dir_ / "ckpt-300.safetensors.tmp.4242", "a crashed save");  // not a checkpoint
+  EXPECT_EQ(latest_valid_checkpoint(dir_), newest);
+
+  const std::string bytes = read_bytes(newest);
+  write_bytes(newest, bytes.substr(0, bytes.size() - 10));
+  ::testing::internal::CaptureStderr();
+  const auto found = latest_valid_checkpoint(dir_);
+  const std::string warning = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(found, dir_ / "ckpt-10.safetensors");
+  EXPECT_NE(warning.find("skipping checkpoint " + newest.string()), std::string::npos) << warning;
+  EXPECT_NE(warning.find("truncated"), std::string::npos) << warning;
+  EXPECT_EQ(load_checkpoint(*found).model[0].second.to_vector<double>()[0], 2.0);
+}
+
+TEST_F(IoTest, CheckpointWithAFlippedByteFailsItsChecksum) {
+  const fs::path path = save_checkpoint(dir_, 7, sample_checkpoint(1.0), 0);
+  std::string bytes = read_bytes(path);
+  bytes[bytes.size() - 5] ^= 0x10;  // inside the last tensor's data
+  write_bytes(path, bytes);
+  EXPECT_TRUE(throws_with([&] { load_checkpoint(path); }, {path.string(), "checksum mismatch", "corrupt"}));
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(latest_valid_checkpoint(dir_), std::nullopt);
+  EXPECT_NE(::testing::internal::GetCapturedStderr().find("checksum mismatch"), std::string::npos);
+
+  const fs::path plain = dir_ / "plain.safetensors";
+  save_safetensors(plain, {{"model.w", zeros({1})}});
+  EXPECT_TRUE(throws_with([&] { load_checkpoint(plain); }, {plain.string(), "not a kiln checkpoint"}));
+}
+
+TEST_F(IoTest, FailedCheckpointSaveLeavesPreviousCheckpointsIntact) {
+  const CheckpointContents small = sample_checkpoint(1.0);
+  save_checkpoint(dir_, 5, small, 0);
+  save_checkpoint(dir_, 6, small, 0);
+  const std::string before = read_bytes(checkpoint_path(dir_, 6));
+  CheckpointContents big = sample_checkpoint(2.0);
+  big.model.emplace_back("embedding", zeros({256, 64}));  // 64 KB
+  {
+    FileSizeLimit limit(4096);
+    EXPECT_TRUE(throws_with([&] { save_checkpoint(dir_, 6, big, 1); }, {"ckpt-6.safetensors"}));
+  }
+  EXPECT_EQ(read_bytes(checkpoint_path(dir_, 6)), before) << "old file replaced by a failed save";
+  EXPECT_EQ(steps_in(dir_), (std::vector<int64_t>{5, 6})) << "keep_last_k ran after a failed save";
+  expect_no_temporaries(dir_);
+  EXPECT_EQ(latest_valid_checkpoint(dir_), checkpoint_path(dir_, 6));
+}
+
+}  // namespace
+}  // namespace kiln

@@ -1,0 +1,30 @@
+// `kiln train` and `kiln eval`: everything between a config and a trained, evaluated,
+// checkpointed model.
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+#include "tools/config.h"
+
+namespace kiln {
+
+struct TrainSummary {
+  std::filesystem::path run_dir;
+  int64_t steps = 0;           // the step training stopped at
+  bool interrupted = false;    // stopped by SIGINT/SIGTERM (a checkpoint was saved)
+  double test_loss = 0, test_accuracy = 0;
+};
+
+TrainSummary train(const Config& cfg);
+
+struct EvalSummary {
+  double loss = 0, accuracy = 0;
+  int64_t samples = 0;
+};
+
+// Evaluates `checkpoint` (a file, or a run directory: its newest valid checkpoint) on the
+// test split of the config's dataset.
+EvalSummary evaluate(const Config& cfg, const std::string& checkpoint);
+
+}  // namespace kiln
