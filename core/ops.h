@@ -121,13 +121,14 @@ struct Size2 {
 // [O, C/groups, kH, kW], bias [O] or undefined. Cross-correlation, zero padding.
 Tensor conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias = Tensor(),
               Size2 stride = 1, Size2 padding = 0, Size2 dilation = 1, int64_t groups = 1);
-// Max over each window (ties: the first max in row-major order gets the gradient). stride
-// defaults to the kernel; padding (implicit -inf) is at most half the kernel.
-Tensor max_pool2d(const Tensor& input, Size2 kernel, std::optional<Size2> stride = std::nullopt,
-                  Size2 padding = 0);
+// Max over each window (ties: the first max in row-major order gets the gradient); padding
+// (implicit -inf) is at most half the kernel. Without a stride, stride = kernel, as in PyTorch.
+Tensor max_pool2d(const Tensor& input, Size2 kernel, Size2 stride, Size2 padding = 0);
+inline Tensor max_pool2d(const Tensor& input, Size2 kernel) { return max_pool2d(input, kernel, kernel); }
 // Mean over each window; count_include_pad divides by the window size including zero padding.
-Tensor avg_pool2d(const Tensor& input, Size2 kernel, std::optional<Size2> stride = std::nullopt,
-                  Size2 padding = 0, bool count_include_pad = true);
+Tensor avg_pool2d(const Tensor& input, Size2 kernel, Size2 stride, Size2 padding = 0,
+                  bool count_include_pad = true);
+inline Tensor avg_pool2d(const Tensor& input, Size2 kernel) { return avg_pool2d(input, kernel, kernel); }
 // Output cell i averages input rows [floor(i*H/out), ceil((i+1)*H/out)), and likewise columns.
 Tensor adaptive_avg_pool2d(const Tensor& input, Size2 output_size);
 

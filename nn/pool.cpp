@@ -11,8 +11,8 @@ std::string size_str(Size2 s) {
 }
 }  // namespace
 
-MaxPool2d::MaxPool2d(Size2 kernel_size, std::optional<Size2> stride, Size2 padding)
-    : Module("MaxPool2d"), kernel_(kernel_size), stride_(stride.value_or(kernel_size)), padding_(padding) {}
+MaxPool2d::MaxPool2d(Size2 kernel_size, Size2 stride, Size2 padding)
+    : Module("MaxPool2d"), kernel_(kernel_size), stride_(stride), padding_(padding) {}
 
 Tensor MaxPool2d::forward(const Tensor& x) { return max_pool2d(x, kernel_, stride_, padding_); }
 
@@ -21,10 +21,10 @@ std::string MaxPool2d::extra_repr() const {
          ", padding=" + size_str(padding_) + ", dilation=1, ceil_mode=false";
 }
 
-AvgPool2d::AvgPool2d(Size2 kernel_size, std::optional<Size2> stride, Size2 padding, bool count_include_pad)
+AvgPool2d::AvgPool2d(Size2 kernel_size, Size2 stride, Size2 padding, bool count_include_pad)
     : Module("AvgPool2d"),
       kernel_(kernel_size),
-      stride_(stride.value_or(kernel_size)),
+      stride_(stride),
       padding_(padding),
       count_include_pad_(count_include_pad) {}
 

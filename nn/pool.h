@@ -2,7 +2,6 @@
 // parameters; forward calls the op of the same name (core/ops.h).
 #pragma once
 
-#include <optional>
 #include <string>
 
 #include "core/ops.h"
@@ -10,10 +9,11 @@
 
 namespace kiln::nn {
 
-// stride defaults to the kernel size, as in PyTorch.
+// Without a stride, stride = kernel_size, as in PyTorch.
 class MaxPool2d : public Module {
  public:
-  explicit MaxPool2d(Size2 kernel_size, std::optional<Size2> stride = std::nullopt, Size2 padding = 0);
+  explicit MaxPool2d(Size2 kernel_size) : MaxPool2d(kernel_size, kernel_size) {}
+  MaxPool2d(Size2 kernel_size, Size2 stride, Size2 padding = 0);
   Tensor forward(const Tensor& x) override;
   // "kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=false"
   std::string extra_repr() const override;
@@ -24,8 +24,8 @@ class MaxPool2d : public Module {
 
 class AvgPool2d : public Module {
  public:
-  explicit AvgPool2d(Size2 kernel_size, std::optional<Size2> stride = std::nullopt, Size2 padding = 0,
-                     bool count_include_pad = true);
+  explicit AvgPool2d(Size2 kernel_size) : AvgPool2d(kernel_size, kernel_size) {}
+  AvgPool2d(Size2 kernel_size, Size2 stride, Size2 padding = 0, bool count_include_pad = true);
   Tensor forward(const Tensor& x) override;
   // "kernel_size=2, stride=2, padding=0"
   std::string extra_repr() const override;

@@ -11,7 +11,7 @@ packages=(
   cmake ninja-build g++ ccache pkg-config                       # toolchain (OpenMP is GCC's libgomp)
   libgtest-dev libgmock-dev libbenchmark-dev                    # tests and benchmarks
   libcli11-dev libyaml-cpp-dev nlohmann-json3-dev zlib1g-dev    # command line, configs, files
-  libopenblas-dev libgloo-dev                                   # CPU BLAS, CPU collectives
+  libopenblas-openmp-dev libgloo-dev                            # CPU BLAS (OpenMP build), CPU collectives
   python3 python3-venv python3-numpy python3-torch python3-matplotlib  # test oracles, plots
   dataset-fashion-mnist bible-kjv                               # data for the MLP/CNN and GPT issues
 )

@@ -45,10 +45,9 @@ Shape out_shape(const Tensor& input, int64_t out_h, int64_t out_w) {
 }
 
 // Geometry of a fixed-window pool (max, avg) after PyTorch's checks.
-Pool2dGeometry window_geometry(const char* op, const Tensor& input, Size2 kernel,
-                               std::optional<Size2> stride_opt, Size2 padding) {
+Pool2dGeometry window_geometry(const char* op, const Tensor& input, Size2 kernel, Size2 stride,
+                               Size2 padding) {
   check_input(op, input);
-  const Size2 stride = stride_opt.value_or(kernel);
   KILN_CHECK(kernel.h >= 1 && kernel.w >= 1, op, ": kernel must be positive, got ", size2_str(kernel));
   KILN_CHECK(stride.h >= 1 && stride.w >= 1, op, ": stride must be positive, got ", size2_str(stride));
   KILN_CHECK(padding.h >= 0 && padding.w >= 0 && padding.h <= kernel.h / 2 && padding.w <= kernel.w / 2,
@@ -75,7 +74,7 @@ Pool2dGeometry window_geometry(const char* op, const Tensor& input, Size2 kernel
 
 }  // namespace
 
-Tensor max_pool2d(const Tensor& input, Size2 kernel, std::optional<Size2> stride, Size2 padding) {
+Tensor max_pool2d(const Tensor& input, Size2 kernel, Size2 stride, Size2 padding) {
   const Pool2dGeometry g = window_geometry("max_pool2d", input, kernel, stride, padding);
   Tensor x = input.detach().contiguous();
   Tensor out = Tensor::empty(out_shape(input, g.out_h, g.out_w), input.options());
@@ -93,7 +92,7 @@ Tensor max_pool2d(const Tensor& input, Size2 kernel, std::optional<Size2> stride
   return out;
 }
 
-Tensor avg_pool2d(const Tensor& input, Size2 kernel, std::optional<Size2> stride, Size2 padding,
+Tensor avg_pool2d(const Tensor& input, Size2 kernel, Size2 stride, Size2 padding,
                   bool count_include_pad) {
   const Pool2dGeometry g = window_geometry("avg_pool2d", input, kernel, stride, padding);
   Tensor x = input.detach().contiguous();
