@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <initializer_list>
 
-#include "core/half.h"  // KILN_HOST_DEVICE
+#include "core/host_device.h"
 #include "core/tensor.h"
 
 namespace kiln {

@@ -5,13 +5,7 @@
 #include <cstdint>
 #include <cstring>
 
-#ifndef KILN_HOST_DEVICE
-#ifdef __CUDACC__
-#define KILN_HOST_DEVICE __host__ __device__
-#else
-#define KILN_HOST_DEVICE
-#endif
-#endif
+#include "core/host_device.h"
 
 namespace kiln {
 

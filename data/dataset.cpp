@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <cstring>
-#include <map>
-#include <mutex>
+
+#include "core/registry.h"
 
 namespace kiln {
 
@@ -57,13 +57,9 @@ int64_t ImageDataset::get(int64_t i, uint8_t* pixels) const {
 
 namespace {
 
-struct Registry {
-  std::mutex mu;
-  std::map<std::string, DatasetSpec> specs;
-};
-
-Registry& registry() {
-  static Registry r;  // function-local: registrations run from other files' static initialisers
+Registry<DatasetSpec>& registry() {
+  // Function-local: registrations run from other files' static initialisers.
+  static Registry<DatasetSpec> r("dataset");
   return r;
 }
 
@@ -71,30 +67,12 @@ Registry& registry() {
 
 void register_dataset(const std::string& name, DatasetSpec spec) {
   KILN_CHECK(spec.load, "register_dataset(", name, "): no load function");
-  Registry& r = registry();
-  std::lock_guard<std::mutex> lock(r.mu);
-  KILN_CHECK(!r.specs.count(name), "dataset ", name, " is registered twice");
-  r.specs.emplace(name, std::move(spec));
+  registry().add(name, std::move(spec));
 }
 
-std::vector<std::string> dataset_names() {
-  Registry& r = registry();
-  std::lock_guard<std::mutex> lock(r.mu);
-  std::vector<std::string> names;
-  for (const auto& [name, spec] : r.specs) names.push_back(name);
-  return names;  // std::map keeps them sorted
-}
+std::vector<std::string> dataset_names() { return registry().names(); }
 
-const DatasetSpec& dataset_spec(const std::string& name) {
-  Registry& r = registry();
-  std::unique_lock<std::mutex> lock(r.mu);
-  auto it = r.specs.find(name);
-  if (it == r.specs.end()) {
-    lock.unlock();
-    KILN_FAIL("unknown dataset: ", name, " (known: ", joined(dataset_names()), ")");
-  }
-  return it->second;  // specs are never removed, so the reference stays valid
-}
+const DatasetSpec& dataset_spec(const std::string& name) { return registry().get(name); }
 
 ImageDataset load_dataset(const std::string& name, const std::string& split, const std::string& dir) {
   const DatasetSpec& spec = dataset_spec(name);

@@ -3,6 +3,7 @@
 
 #include "core/dispatch/random.h"
 #include "core/dtype.h"
+#include "core/host_device.h"
 #include "core/philox.h"
 
 namespace kiln {

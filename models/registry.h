@@ -29,9 +29,10 @@ struct ModelSpec {
 
 using ModelFactory = std::function<std::shared_ptr<nn::Module>(const ModelSpec&, Generator*)>;
 
+// Throws when `name` is taken; returns true, for KILN_REGISTER_MODEL.
 bool register_model(const std::string& name, ModelFactory factory);
 std::shared_ptr<nn::Module> make_model(const ModelSpec& spec, Generator* gen = nullptr);
-std::vector<std::string> model_names();
+std::vector<std::string> model_names();  // sorted
 
 }  // namespace kiln::models
 

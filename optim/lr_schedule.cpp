@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <map>
-#include <mutex>
 #include <numbers>
+
+#include "core/registry.h"
 
 namespace kiln {
 
@@ -112,55 +112,28 @@ LRScheduleFactory factory_of() {
   return [](const LRScheduleOptions& o) { return std::unique_ptr<LRSchedule>(new T(o)); };
 }
 
-struct Registry {
-  std::mutex mu;
-  std::map<std::string, LRScheduleFactory> factories = {{"constant", factory_of<ConstantLR>()},
-                                                        {"step", factory_of<StepLR>()},
-                                                        {"cosine", factory_of<CosineWithWarmup>()},
-                                                        {"onecycle", factory_of<OneCycleLR>()}};
-};
-
-Registry& registry() {
-  static Registry r;
+Registry<LRScheduleFactory>& registry() {
+  static Registry<LRScheduleFactory> r("lr schedule");
+  static const bool builtins = r.add("constant", factory_of<ConstantLR>()) &&
+                               r.add("step", factory_of<StepLR>()) &&
+                               r.add("cosine", factory_of<CosineWithWarmup>()) &&
+                               r.add("onecycle", factory_of<OneCycleLR>());
+  (void)builtins;
   return r;
-}
-
-std::string known_names(const std::map<std::string, LRScheduleFactory>& factories) {
-  std::string out;
-  for (const auto& [name, f] : factories) out += (out.empty() ? "" : ", ") + name;
-  return out;
 }
 
 }  // namespace
 
 std::unique_ptr<LRSchedule> make_lr_schedule(const std::string& name,
                                              const LRScheduleOptions& options) {
-  LRScheduleFactory factory;
-  {
-    Registry& r = registry();
-    std::lock_guard<std::mutex> lock(r.mu);
-    auto it = r.factories.find(name);
-    KILN_CHECK(it != r.factories.end(), "unknown lr schedule '", name,
-               "' (known: ", known_names(r.factories), ")");
-    factory = it->second;
-  }
-  return factory(options);
+  return registry().get(name)(options);
 }
 
 void register_lr_schedule(const std::string& name, LRScheduleFactory factory) {
-  Registry& r = registry();
-  std::lock_guard<std::mutex> lock(r.mu);
   KILN_CHECK(!name.empty() && factory, "register_lr_schedule: needs a name and a factory");
-  KILN_CHECK(r.factories.emplace(name, std::move(factory)).second, "register_lr_schedule: '", name,
-             "' is already registered (known: ", known_names(r.factories), ")");
+  registry().add(name, std::move(factory));
 }
 
-std::vector<std::string> lr_schedule_names() {
-  Registry& r = registry();
-  std::lock_guard<std::mutex> lock(r.mu);
-  std::vector<std::string> names;
-  for (const auto& [name, f] : r.factories) names.push_back(name);
-  return names;
-}
+std::vector<std::string> lr_schedule_names() { return registry().names(); }
 
 }  // namespace kiln

@@ -1,8 +1,6 @@
 #include "optim/registry.h"
 
-#include <map>
-#include <mutex>
-
+#include "core/registry.h"
 #include "optim/adam.h"
 #include "optim/sgd.h"
 
@@ -17,53 +15,26 @@ OptimizerFactory factory_of() {
   };
 }
 
-struct Registry {
-  std::mutex mu;
-  std::map<std::string, OptimizerFactory> factories = {
-      {"sgd", factory_of<SGD>()}, {"adam", factory_of<Adam>()}, {"adamw", factory_of<AdamW>()}};
-};
-
-Registry& registry() {
-  static Registry r;
+Registry<OptimizerFactory>& registry() {
+  static Registry<OptimizerFactory> r("optimizer");
+  static const bool builtins = r.add("sgd", factory_of<SGD>()) && r.add("adam", factory_of<Adam>()) &&
+                               r.add("adamw", factory_of<AdamW>());
+  (void)builtins;
   return r;
-}
-
-std::string known_names(const std::map<std::string, OptimizerFactory>& factories) {
-  std::string out;
-  for (const auto& [name, f] : factories) out += (out.empty() ? "" : ", ") + name;
-  return out;
 }
 
 }  // namespace
 
 std::unique_ptr<Optimizer> make_optimizer(const std::string& name, std::vector<ParamGroup> groups,
                                           const OptimizerOptions& options) {
-  OptimizerFactory factory;
-  {
-    Registry& r = registry();
-    std::lock_guard<std::mutex> lock(r.mu);
-    auto it = r.factories.find(name);
-    KILN_CHECK(it != r.factories.end(), "unknown optimizer '", name,
-               "' (known: ", known_names(r.factories), ")");
-    factory = it->second;
-  }
-  return factory(std::move(groups), options);
+  return registry().get(name)(std::move(groups), options);
 }
 
 void register_optimizer(const std::string& name, OptimizerFactory factory) {
-  Registry& r = registry();
-  std::lock_guard<std::mutex> lock(r.mu);
   KILN_CHECK(!name.empty() && factory, "register_optimizer: needs a name and a factory");
-  KILN_CHECK(r.factories.emplace(name, std::move(factory)).second, "register_optimizer: '", name,
-             "' is already registered (known: ", known_names(r.factories), ")");
+  registry().add(name, std::move(factory));
 }
 
-std::vector<std::string> optimizer_names() {
-  Registry& r = registry();
-  std::lock_guard<std::mutex> lock(r.mu);
-  std::vector<std::string> names;
-  for (const auto& [name, f] : r.factories) names.push_back(name);
-  return names;
-}
+std::vector<std::string> optimizer_names() { return registry().names(); }
 
 }  // namespace kiln

@@ -1,6 +1,7 @@
 #include "tests/gradcheck.h"
 
 #include <cmath>
+#include <random>
 #include <sstream>
 
 #include "core/autograd.h"
@@ -74,6 +75,17 @@ Tensor rand_input(const Shape& shape, double low, double high, uint64_t seed) {
   }
   t.requires_grad_(true);
   return t;
+}
+
+std::vector<double> uniform_values(int64_t n, double lo, double hi, uint32_t seed, double gap) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<double> dist(lo, hi);
+  std::vector<double> v;
+  while (static_cast<int64_t>(v.size()) < n) {
+    const double x = dist(rng);
+    if (std::abs(x) >= gap) v.push_back(x);
+  }
+  return v;
 }
 
 bool has_cuda() { return cuda_device_count() > 0; }

@@ -1,5 +1,6 @@
 // Test helpers shared by every op test: a finite-difference gradient checker (in f64 on the
-// CPU, central differences, like Caffe's GradientChecker) and GPU availability checks.
+// CPU, central differences, like Caffe's GradientChecker), seeded inputs and GPU availability
+// checks.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -29,6 +30,10 @@ struct GradcheckOptions {
 
 // Random f64 CPU tensor in [low, high) that requires grad.
 Tensor rand_input(const Shape& shape, double low = -1.0, double high = 1.0, uint64_t seed = 1);
+
+// n values in [lo, hi) from std::mt19937(seed), at least `gap` away from 0 (the kinks of relu,
+// abs, sign): inputs a reference implementation can read as plain numbers.
+std::vector<double> uniform_values(int64_t n, double lo, double hi, uint32_t seed, double gap = 0.0);
 
 bool has_cuda();
 

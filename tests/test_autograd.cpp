@@ -11,10 +11,13 @@
 #include "core/autograd.h"
 #include "core/ops.h"
 #include "core/tensor.h"
+#include "tests/expect_error.h"
 #include "tests/gradcheck.h"
 
 namespace kiln {
 namespace {
+
+using testing::expect_error;
 
 using Values = std::vector<double>;
 using testing::rand_input;
@@ -26,17 +29,6 @@ Tensor leaf(const Values& v, const Shape& shape) {
 Values grad_of(const Tensor& t) {
   EXPECT_TRUE(t.grad().defined()) << "no gradient for " << t.meta_str();
   return t.grad().defined() ? t.grad().to_vector<double>() : Values{};
-}
-
-void expect_error(const std::function<void()>& fn, const std::string& part) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(part), std::string::npos)
-        << "message \"" << e.what() << "\" lacks \"" << part << "\"";
-    return;
-  }
-  ADD_FAILURE() << "expected a kiln::Error containing \"" << part << "\"";
 }
 
 // ---------------------------------------------------------------- basics

@@ -7,10 +7,13 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "tests/expect_error.h"
 #include "tools/config.h"
 
 namespace kiln {
 namespace {
+
+using testing::error_of;
 
 namespace fs = std::filesystem;
 
@@ -19,15 +22,6 @@ fs::path write_temp(const std::string& name, const std::string& text) {
   fs::create_directories(dir);
   std::ofstream(dir / name) << text;
   return dir / name;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 TEST(Config, DefaultsCoverEverySchemaKey) {

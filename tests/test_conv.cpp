@@ -1,15 +1,12 @@
 // conv2d on the CPU: forward against a naive 7-loop reference (strides, padding, dilation,
 // groups including depthwise, batches, non-square shapes, a batch large enough to take
 // several column chunks), backward against naive reference loops and against finite
-// differences in f64, 16-bit floats against f32, argument errors, the nn::Conv2d module, and
+// differences in f64, f16/bf16 (computed in f32, rounded once) against the reference on the
+// same rounded inputs, argument errors, the nn::Conv2d module, and
 // parity with Debian's PyTorch 1.13 for conv2d followed by max_pool2d, forward and backward.
 #include <gtest/gtest.h>
-#include <stdlib.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <cmath>
-#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -23,20 +20,16 @@
 #include "core/generator.h"
 #include "core/ops.h"
 #include "nn/conv.h"
+#include "tests/expect_error.h"
 #include "tests/gradcheck.h"
+#include "tests/python_oracle.h"
 
 namespace kiln {
 namespace {
 
+using testing::expect_error;
 using testing::rand_input;
-
-std::vector<double> uniform_values(int64_t n, double lo, double hi, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<double> dist(lo, hi);
-  std::vector<double> v(static_cast<size_t>(n));
-  for (double& x : v) x = dist(rng);
-  return v;
-}
+using testing::uniform_values;
 
 struct ConvCase {
   const char* name;
@@ -263,7 +256,7 @@ TEST(Conv2dGrad, OnlyRequestedGradients) {
   EXPECT_EQ(b.grad().to_vector<double>(), std::vector<double>({16, 16}));
 }
 
-TEST(Conv2d, SixteenBitFloatsMatchF32) {
+TEST(Conv2d, SixteenBitFloats) {
   const ConvCase c = {"bf16", 2, 4, 6, 6, 6, 3, 3, 1, 1, 1, 2, true};
   for (DType dtype : {DType::bf16, DType::f16}) {
     const ConvInputs in = make_inputs(c, dtype, 40);
@@ -296,17 +289,6 @@ TEST(Conv2d, BackwardIsDeterministic) {
   }
   EXPECT_EQ(grads[0], grads[2]);
   EXPECT_EQ(grads[1], grads[3]);
-}
-
-// Runs f, which must throw kiln::Error, and checks that the message mentions `needle`.
-template <class F>
-void expect_error(F&& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one mentioning \"" << needle << "\"";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
 }
 
 TEST(Conv2d, ErrorsNameTheShapes) {
@@ -439,13 +421,10 @@ Tensor kiln_forward(const Tensor& x, const Tensor& w, const Tensor& b) {
 
 TEST(Conv2dParity, ConvThenMaxPoolMatchesPyTorch) {
   namespace fs = std::filesystem;
-  const char* python = "/usr/bin/python3";
-  if (access(python, X_OK) != 0) GTEST_SKIP() << python << " not found";
-  if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0)
-    GTEST_SKIP() << python << " cannot import torch (scripts/setup.sh installs python3-torch)";
-  std::string tmpl = (fs::temp_directory_path() / "kiln_conv_parity_XXXXXX").string();
-  ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
-  const fs::path dir(tmpl);
+  const std::string skip = testing::python_unavailable(testing::kSystemPython, "torch");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  const fs::path dir = testing::make_temp_dir("kiln_conv_parity_");
+  ASSERT_FALSE(dir.empty());
   {
     std::ofstream(dir / "ref.py") << kParityScript;
   }
@@ -460,13 +439,9 @@ TEST(Conv2dParity, ConvThenMaxPoolMatchesPyTorch) {
   write_tensor(dir / "w.txt", w);
   write_tensor(dir / "b.txt", b);
   write_tensor(dir / "r.txt", r);
-  const std::string cmd = std::string(python) + " '" + (dir / "ref.py").string() + "' '" + dir.string() + "' 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  ASSERT_NE(pipe, nullptr);
-  std::string output;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, pipe)) output.append(buf, n);
-  ASSERT_EQ(pclose(pipe), 0) << cmd << " failed:\n" << output;
+  const testing::CommandResult ref = testing::run_command(
+      testing::kSystemPython + " '" + (dir / "ref.py").string() + "' '" + dir.string() + "' 2>&1");
+  ASSERT_TRUE(ref.ok) << ref.failure;
 
   // f64 agrees to rounding; f32 to a few f32 roundings of sums of ~20 products.
   for (const auto& [dtype, suffix, tol] : {std::tuple{DType::f64, "f64", 1e-12}, std::tuple{DType::f32, "f32", 1e-5}}) {

@@ -17,51 +17,29 @@
 #include "core/autograd.h"
 #include "core/generator.h"
 #include "core/ops.h"
+#include "tests/cuda_compare.h"
 #include "tests/gradcheck.h"
 
 namespace kiln {
 namespace {
 
-const Device kCuda(DeviceType::CUDA, 0);
+using testing::expect_matches;
+using testing::kCuda;
+using testing::Tolerance;
 
-struct Tolerance {
-  double rtol;
-  double atol_scale;  // absolute slack as a fraction of the largest |reference| value
-};
-
+// Every element within the tolerance: a NaN fails even against a NaN.
 Tolerance tolerance(DType dtype) {
   switch (dtype) {
-    case DType::bf16: return {2e-2, 1e-2};
-    case DType::f16: return {1e-2, 2e-3};
-    case DType::f64: return {1e-10, 1e-12};
-    default: return {1e-4, 1e-5};
+    case DType::bf16: return {.rtol = 2e-2, .atol_scale = 1e-2, .equal_values_pass = false};
+    case DType::f16: return {.rtol = 1e-2, .atol_scale = 2e-3, .equal_values_pass = false};
+    case DType::f64: return {.rtol = 1e-10, .atol_scale = 1e-12, .equal_values_pass = false};
+    default: return {.rtol = 1e-4, .atol_scale = 1e-5, .equal_values_pass = false};
   }
 }
 
+// Uniform in [-1, 1).
 Tensor random_cpu(const Shape& shape, DType dtype, uint64_t seed) {
-  NoGradGuard no_grad;
-  Generator gen(seed);
-  return add(mul(rand(shape, {.dtype = DType::f32}, &gen), 2.0), -1.0).to(dtype);
-}
-
-void expect_matches(const Tensor& cuda_result, const Tensor& cpu_result, Tolerance tol,
-                    const std::string& what) {
-  ASSERT_TRUE(cuda_result.defined() && cpu_result.defined()) << what;
-  ASSERT_TRUE(cuda_result.is_cuda()) << what;
-  ASSERT_EQ(cuda_result.dtype(), cpu_result.dtype()) << what;
-  ASSERT_EQ(cuda_result.shape(), cpu_result.shape()) << what;
-  const std::vector<double> got = cuda_result.cpu().to_vector<double>();
-  const std::vector<double> want = cpu_result.to_vector<double>();
-  double scale = 0;
-  for (double w : want) scale = std::max(scale, std::abs(w));
-  int64_t bad = 0, first = -1;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const bool ok = std::abs(got[i] - want[i]) <= tol.rtol * std::abs(want[i]) + tol.atol_scale * scale;
-    if (!ok && bad++ == 0) first = static_cast<int64_t>(i);
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << got.size() << " elements differ; first at "
-                    << first << ": cuda " << (first >= 0 ? got[first] : 0.0) << ", cpu "
-                    << (first >= 0 ? want[first] : 0.0) << " (max |cpu| " << scale << ")";
+  return testing::random_cpu(shape, -1.0, 1.0, dtype, seed);
 }
 
 struct ConvCase {

@@ -10,6 +10,7 @@
 #include "core/generator.h"
 #include "core/ops.h"
 #include "core/tensor.h"
+#include "tests/cuda_compare.h"
 #include "tests/gradcheck.h"
 
 namespace kiln {
@@ -17,7 +18,7 @@ namespace {
 
 using Values = std::vector<double>;
 
-const Device kCuda{DeviceType::CUDA, 0};
+using testing::kCuda;
 const DType kFloatTypes[] = {DType::f32, DType::f64, DType::bf16, DType::f16};
 const DType kAllTypes[] = {DType::f32, DType::f64, DType::bf16, DType::f16,
                            DType::i32, DType::i64, DType::u8,   DType::b8};

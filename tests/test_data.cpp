@@ -25,26 +25,16 @@
 #include "data/idx_file.h"
 #include "data/mnist.h"
 #include "data/sampler.h"
+#include "tests/expect_error.h"
 #include "tests/gradcheck.h"
 
 namespace kiln {
 namespace {
 
+using testing::expect_error;
+
 namespace fs = std::filesystem;
 using Bytes = std::vector<uint8_t>;
-
-// Runs `fn`, expects a kiln::Error, and checks that its message contains every one of `parts`.
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const std::string& p : parts)
-      EXPECT_NE(msg.find(p), std::string::npos) << "message \"" << msg << "\" lacks \"" << p << "\"";
-    return;
-  }
-  ADD_FAILURE() << "expected a kiln::Error containing \"" << (parts.empty() ? "" : parts[0]) << "\"";
-}
 
 // A fresh directory under /tmp, removed at the end of the test.
 struct TempDir {
@@ -236,7 +226,7 @@ TEST(DatasetRegistry, LoadsByNameAndListsTheKnownOnes) {
   expect_error([] { register_dataset("mnist", {"", {"train"}, [](const std::string&, const std::string&) {
                                                   return ImageDataset{};
                                                 }}); },
-               {"mnist", "registered twice"});
+               {"dataset already registered: mnist"});
 }
 
 TEST(FashionMnistPackage, HasTheDocumentedSizesAndBalancedClasses) {

@@ -11,17 +11,16 @@
 #include "core/autograd.h"
 #include "core/generator.h"
 #include "core/ops.h"
+#include "tests/cuda_compare.h"
 #include "tests/gradcheck.h"
 
 namespace kiln {
 namespace {
 
-const Device kCuda(DeviceType::CUDA, 0);
+using testing::kCuda;
 
 Tensor nonzero_input(const Shape& shape, DType dtype, uint64_t seed) {
-  NoGradGuard no_grad;
-  Generator gen(seed);
-  return add(rand(shape, {.dtype = DType::f32}, &gen), 1.0).to(dtype);  // in [1, 2)
+  return testing::random_cpu(shape, 1.0, 2.0, dtype, seed);
 }
 
 TEST(DropoutCuda, SameMaskOutputAndGradientAsCpu) {

@@ -20,19 +20,7 @@ namespace {
 
 using testing::gradcheck;
 using testing::rand_input;
-
-// Deterministic values in [lo, hi), away from 0 by at least `gap` (kinks of relu, abs, sign).
-std::vector<double> uniform_values(int64_t n, double lo, double hi, uint32_t seed,
-                                   double gap = 0.0) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<double> dist(lo, hi);
-  std::vector<double> v;
-  while (static_cast<int64_t>(v.size()) < n) {
-    const double x = dist(rng);
-    if (std::abs(x) >= gap) v.push_back(x);
-  }
-  return v;
-}
+using testing::uniform_values;
 
 Tensor tensor(const std::vector<double>& v, const Shape& shape, DType dtype = DType::f32) {
   return from_vector(v, shape, {.dtype = dtype});

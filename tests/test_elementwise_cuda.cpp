@@ -14,46 +14,25 @@
 #include "core/autograd.h"
 #include "core/generator.h"
 #include "core/ops.h"
+#include "tests/cuda_compare.h"
 #include "tests/gradcheck.h"
 
 namespace kiln {
 namespace {
 
-const Device kCuda(DeviceType::CUDA, 0);
+using testing::expect_matches;
+using testing::kCuda;
+using testing::Tolerance;
+
 constexpr int64_t kLarge = (int64_t{1} << 20) + 3;
 
-struct Tolerance {
-  double rtol, atol;
-};
 Tolerance tolerance(DType dtype) {
-  return dtype == DType::bf16 ? Tolerance{1e-2, 1e-3} : Tolerance{1e-5, 1e-6};
+  return dtype == DType::bf16 ? Tolerance{.rtol = 1e-2, .atol = 1e-3} : Tolerance{.rtol = 1e-5, .atol = 1e-6};
 }
 
-// Uniform values in [lo, hi) on the CPU, rounded to `dtype`; the CUDA copy is bit-identical.
+// Uniform values in [lo, hi), drawn in f64 on the CPU and rounded to `dtype`.
 Tensor random_cpu(const Shape& shape, double lo, double hi, DType dtype, uint64_t seed) {
-  NoGradGuard no_grad;
-  Generator gen(seed);
-  return add(mul(rand(shape, {.dtype = DType::f64}, &gen), hi - lo), lo).to(dtype);
-}
-
-// Compares a CUDA result with the CPU reference, element by element; reports the first
-// mismatch and how many there were.
-void expect_matches(const Tensor& cuda_result, const Tensor& cpu_result, Tolerance tol,
-                    const std::string& what) {
-  ASSERT_TRUE(cuda_result.is_cuda()) << what;
-  ASSERT_EQ(cuda_result.dtype(), cpu_result.dtype()) << what;
-  ASSERT_EQ(cuda_result.shape(), cpu_result.shape()) << what;
-  const std::vector<double> got = cuda_result.cpu().to_vector<double>();
-  const std::vector<double> want = cpu_result.to_vector<double>();
-  int64_t bad = 0, first = -1;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const bool ok = got[i] == want[i] || (std::isnan(got[i]) && std::isnan(want[i])) ||
-                    std::abs(got[i] - want[i]) <= tol.atol + tol.rtol * std::abs(want[i]);
-    if (!ok && bad++ == 0) first = static_cast<int64_t>(i);
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << got.size()
-                    << " elements differ; first at " << first << ": cuda "
-                    << (first >= 0 ? got[first] : 0.0) << ", cpu " << (first >= 0 ? want[first] : 0.0);
+  return testing::random_cpu(shape, lo, hi, dtype, seed, DType::f64);
 }
 
 // The layouts each kernel path sees, built from one CPU tensor of shape `shape`.
@@ -184,7 +163,7 @@ TEST(ElementwiseCuda, BinaryForwardMatchesCpu) {
         // Comparisons and where select exactly; arithmetic within rounding.
         const Tolerance tol = c.differentiable && std::string(c.name) != "where"
                                   ? tolerance(dtype)
-                                  : Tolerance{0, 0};
+                                  : Tolerance{};
         expect_matches(got, want, tol,
                        std::string(c.name) + " " + std::string(dtype_name(dtype)) + " " + l.name);
       }
@@ -208,8 +187,8 @@ TEST(ElementwiseCuda, BinaryBackwardMatchesCpu) {
         c.op(l.view_a(ac), l.view_b(bc)).backward(w.to(kCuda));
         // Broadcast gradients are sums over up to 64 * 33 terms: allow for summation order.
         Tolerance tol = tolerance(dtype);
-        if (l.name != std::string("dense-vectorised") && dtype == DType::f32) tol = {1e-4, 1e-4};
-        if (l.name != std::string("dense-vectorised") && dtype == DType::bf16) tol = {2e-2, 5e-2};
+        if (l.name != std::string("dense-vectorised") && dtype == DType::f32) tol = {.rtol = 1e-4, .atol = 1e-4};
+        if (l.name != std::string("dense-vectorised") && dtype == DType::bf16) tol = {.rtol = 2e-2, .atol = 5e-2};
         expect_matches(ac.grad(), a.grad(), tol, what + " (a)");
         expect_matches(bc.grad(), b.grad(), tol, what + " (b)");
       }
@@ -223,7 +202,7 @@ TEST(ElementwiseCuda, IntegerOpsAreExact) {
   const Tensor a = randint(-1000, 1000, {kLarge}, {.dtype = DType::i64}, &gen);
   const Tensor b = randint(-1000, 1000, {kLarge}, {.dtype = DType::i64}, &gen);
   const Tensor ac = a.to(kCuda), bc = b.to(kCuda);
-  const Tolerance exact{0, 0};
+  const Tolerance exact{};
   expect_matches(add(ac, bc), add(a, b), exact, "add i64");
   expect_matches(mul(ac, bc), mul(a, b), exact, "mul i64");
   expect_matches(maximum(ac, bc), maximum(a, b), exact, "maximum i64");

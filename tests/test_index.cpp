@@ -6,11 +6,13 @@
 
 #include "core/generator.h"
 #include "core/ops.h"
+#include "tests/expect_error.h"
 #include "tests/gradcheck.h"
 
 namespace kiln {
 namespace {
 
+using testing::error_of;
 using testing::gradcheck;
 using testing::rand_input;
 
@@ -95,15 +97,6 @@ Tensor naive_index_add(const Tensor& self, int64_t dim, const Tensor& index, con
     out[ravel(c, self.shape())] += vs[i];
   }
   return f64(out, self.shape());
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
 }
 
 bool contains(const std::string& s, const std::string& part) {

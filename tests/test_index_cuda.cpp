@@ -14,41 +14,27 @@
 
 #include "core/generator.h"
 #include "core/ops.h"
+#include "tests/cuda_compare.h"
+#include "tests/expect_error.h"
 #include "tests/gradcheck.h"
 
 namespace kiln {
 namespace {
 
+using testing::error_of;
+using testing::expect_close;
+using testing::kCuda;
+using testing::randn_cpu;
+
 using UnaryFn = std::function<Tensor(const Tensor&)>;
 using BinaryFn = std::function<Tensor(const Tensor&, const Tensor&)>;
-
-const Device kCuda("cuda:0");
-
-Tensor random(const Shape& shape, uint64_t seed, DType dtype) {
-  Generator gen(seed);
-  return randn(shape, {.dtype = DType::f32}, &gen).to(dtype);
-}
 
 Tensor random_index(int64_t high, const Shape& shape, uint64_t seed, DType dtype = DType::i64) {
   Generator gen(seed);
   return randint(0, high, shape, {.dtype = dtype}, &gen);
 }
 
-double max_abs(const Tensor& t) {
-  double m = 0;
-  for (double v : t.to_vector<double>()) m = std::max(m, std::abs(v));
-  return m;
-}
-
 double add_tolerance(DType t) { return t == DType::bf16 ? 1e-2 : 1e-5; }
-
-void expect_close(const Tensor& cpu, const Tensor& gpu, double rtol, const std::string& what) {
-  ASSERT_TRUE(cpu.defined() && gpu.defined()) << what;
-  ASSERT_TRUE(gpu.is_cuda()) << what;
-  ASSERT_EQ(cpu.shape(), gpu.shape()) << what;
-  ASSERT_EQ(cpu.dtype(), gpu.dtype()) << what;
-  EXPECT_LE(max_abs_diff(cpu, gpu.cpu()), rtol * max_abs(cpu)) << what;
-}
 
 // f(x) on both devices (index tensors captured by f are moved along by `f_for`), then
 // backward from one random output gradient. rtol_fwd/rtol_bwd as in the header.
@@ -59,7 +45,7 @@ void check_unary(const Tensor& x0, const std::function<UnaryFn(Device)>& f_for, 
   xg.requires_grad_(true);
   const Tensor out = f_for(kCPU)(x), out_g = f_for(kCuda)(xg);
   expect_close(out, out_g, rtol_fwd, what + " forward");
-  const Tensor w = random(out.shape(), 99, out.dtype());
+  const Tensor w = randn_cpu(out.shape(), 99, out.dtype());
   out.backward(w);
   out_g.backward(w.to(kCuda));
   expect_close(x.grad(), xg.grad(), rtol_bwd, what + " backward");
@@ -71,20 +57,11 @@ void check_binary(const Tensor& a0, const Tensor& b0, const std::function<Binary
   for (Tensor* t : {&a, &b, &ag, &bg}) t->requires_grad_(true);
   const Tensor out = f_for(kCPU)(a, b), out_g = f_for(kCuda)(ag, bg);
   expect_close(out, out_g, rtol_fwd, what + " forward");
-  const Tensor w = random(out.shape(), 98, out.dtype());
+  const Tensor w = randn_cpu(out.shape(), 98, out.dtype());
   out.backward(w);
   out_g.backward(w.to(kCuda));
   expect_close(a.grad(), ag.grad(), rtol_bwd, what + " backward self");
   expect_close(b.grad(), bg.grad(), rtol_bwd, what + " backward src");
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
 }
 
 TEST(IndexCuda, IndexSelect) {
@@ -95,7 +72,7 @@ TEST(IndexCuda, IndexSelect) {
     // Embedding-like rows: 768 f32 = 16-byte words; repeated indices in the backward.
     const Tensor index = random_index(100, {512}, 1);
     check_unary(
-        random({100, 768}, 2, t),
+        randn_cpu({100, 768}, 2, t),
         [&](Device d) {
           return [i = index.to(d)](const Tensor& x) { return index_select(x, 0, i); };
         },
@@ -103,14 +80,14 @@ TEST(IndexCuda, IndexSelect) {
     // Odd row sizes (3 elements) and a middle dim: narrow word copies.
     const Tensor idx32 = random_index(5, {7}, 3, DType::i32);
     check_unary(
-        random({4, 5, 3}, 4, t),
+        randn_cpu({4, 5, 3}, 4, t),
         [&](Device d) {
           return [i = idx32.to(d)](const Tensor& x) { return index_select(x, 1, i); };
         },
         0.0, rb, "middle dim, i32 index " + dt);
     // The last dim (inner = 1) and a non-contiguous input.
     check_unary(
-        random({6, 9}, 5, t),
+        randn_cpu({6, 9}, 5, t),
         [&](Device d) {
           return [i = idx32.to(d)](const Tensor& x) { return index_select(x.t(), 1, i); };
         },
@@ -133,7 +110,7 @@ TEST(IndexCuda, Gather) {
       shape[dim] = 11;
       const Tensor index = random_index(Shape{8, 9, 10}[dim], shape, 10 + dim);
       check_unary(
-          random({8, 9, 10}, 20 + dim, t),
+          randn_cpu({8, 9, 10}, 20 + dim, t),
           [&](Device d) {
             return [i = index.to(d), dim](const Tensor& x) { return gather(x, dim, i); };
           },
@@ -151,7 +128,7 @@ TEST(IndexCuda, ScatterAdd) {
       shape[dim] = 30;  // many repeats per target
       const Tensor index = random_index(Shape{8, 9, 10}[dim], shape, 30 + dim);
       check_binary(
-          random({8, 9, 10}, 40 + dim, t), random({30, 30, 30}, 50 + dim, t),
+          randn_cpu({8, 9, 10}, 40 + dim, t), randn_cpu({30, 30, 30}, 50 + dim, t),
           [&](Device d) {
             return [i = index.to(d), dim](const Tensor& self, const Tensor& src) {
               return scatter_add(self, dim, i, src);
@@ -172,7 +149,7 @@ TEST(IndexCuda, IndexAdd) {
       shape[dim] = 40;
       const Tensor index = random_index(size, {40}, 60 + dim);
       check_binary(
-          random({8, 9, 64}, 70 + dim, t), random(shape, 80 + dim, t),
+          randn_cpu({8, 9, 64}, 70 + dim, t), randn_cpu(shape, 80 + dim, t),
           [&](Device d) {
             return [i = index.to(d), dim](const Tensor& self, const Tensor& src) {
               return index_add(self, dim, i, src);
@@ -193,13 +170,13 @@ TEST(IndexCuda, Cat) {
   KILN_SKIP_WITHOUT_CUDA();
   for (DType t : {DType::f32, DType::bf16}) {
     check_binary(
-        random({3, 5, 4}, 1, t), random({3, 2, 4}, 2, t),
+        randn_cpu({3, 5, 4}, 1, t), randn_cpu({3, 2, 4}, 2, t),
         [](Device) { return [](const Tensor& a, const Tensor& b) {
                        return cat({a, b, a}, 1);
                      }; },
         0.0, add_tolerance(t), "cat dim 1 " + std::string(dtype_name(t)));
     check_binary(
-        random({4, 3}, 3, t), random({2, 4}, 4, t),
+        randn_cpu({4, 3}, 3, t), randn_cpu({2, 4}, 4, t),
         [](Device) { return [](const Tensor& a, const Tensor& b) {
                        return cat({a.t(), b}, 0);
                      }; },
@@ -209,7 +186,7 @@ TEST(IndexCuda, Cat) {
 
 TEST(IndexCuda, OutOfRangeIndexThrowsLikeTheCpu) {
   KILN_SKIP_WITHOUT_CUDA();
-  const Tensor x = random({3, 4}, 1, DType::f32).to(kCuda);
+  const Tensor x = randn_cpu({3, 4}, 1, DType::f32).to(kCuda);
   const Tensor bad = from_vector(std::vector<int64_t>{0, 7, 1}, {3}).to(kCuda);
   const Tensor bad2 = from_vector(std::vector<int64_t>{0, 7, 1, 2}, {1, 4}).to(kCuda);
   const std::vector<std::function<void()>> calls = {

@@ -14,8 +14,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/resource.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <bit>
 #include <cmath>
@@ -33,6 +31,7 @@
 #include "core/ops.h"
 #include "core/tensor.h"
 #include "tests/gradcheck.h"
+#include "tests/python_oracle.h"
 #include "tools/io/atomic_file.h"
 #include "tools/io/checkpoint.h"
 #include "tools/io/crc32c.h"
@@ -52,9 +51,8 @@ using nlohmann::json;
 class IoTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "kiln_io_XXXXXX").string();
-    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
+    dir_ = testing::make_temp_dir("kiln_io_");
+    ASSERT_FALSE(dir_.empty());
   }
   void TearDown() override {
     std::error_code ec;
@@ -116,37 +114,19 @@ template <class Fn>
 std::string venv_python(const std::string& imports, std::string* skip_reason) {
   const char* src = std::getenv("KILN_SOURCE_DIR");
   const std::string python = (fs::path(src ? src : ".") / ".venv" / "bin" / "python").string();
-  if (access(python.c_str(), X_OK) != 0) {
-    *skip_reason = python + " not found (scripts/setup.sh creates it)";
-    return "";
-  }
-  const std::string probe = "'" + python + "' -c 'import " + imports + "' >/dev/null 2>&1";
-  if (std::system(probe.c_str()) != 0) {
-    *skip_reason = python + " cannot import " + imports + " (scripts/setup.sh installs them)";
-    return "";
-  }
-  return python;
-}
-
-fs::path parity_script(const std::string& name) {
-  const char* src = std::getenv("KILN_SOURCE_DIR");
-  return fs::path(src ? src : ".") / "tests" / "parity" / name;
+  *skip_reason = testing::python_unavailable(python, imports, "scripts/setup.sh sets the venv up");
+  return skip_reason->empty() ? python : "";
 }
 
 // Runs `python script args...`; returns its stdout parsed as JSON, failing with its stderr.
 json run_script(const std::string& python, const std::string& script, const std::string& args,
                 const fs::path& scratch) {
   const fs::path err = scratch / "stderr.txt";
-  const std::string cmd = "'" + python + "' '" + parity_script(script).string() + "' " + args +
+  const std::string cmd = "'" + python + "' '" + testing::parity_script(script).string() + "' " + args +
                           " 2>'" + err.string() + "'";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  KILN_CHECK(pipe, "cannot run ", cmd);
-  std::string out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, pipe)) out.append(buf, n);
-  const int status = pclose(pipe);
-  KILN_CHECK(status == 0, cmd, " failed (status ", WEXITSTATUS(status), "):\n", read_bytes(err));
-  return json::parse(out);
+  const testing::CommandResult r = testing::run_command(cmd);
+  KILN_CHECK(r.ok, r.failure, "\nstderr:\n", read_bytes(err));
+  return json::parse(r.output);
 }
 
 // Makes writes past `bytes` fail with EFBIG (instead of SIGXFSZ) until destroyed: a full disk

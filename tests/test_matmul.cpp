@@ -8,11 +8,13 @@
 #include "core/dispatch/matmul.h"
 #include "core/generator.h"
 #include "core/ops.h"
+#include "tests/expect_error.h"
 #include "tests/gradcheck.h"
 
 namespace kiln {
 namespace {
 
+using testing::error_of;
 using testing::gradcheck;
 using testing::rand_input;
 
@@ -83,15 +85,6 @@ void expect_matches_naive(const Tensor& a, const Tensor& b, double rtol, const s
   ASSERT_EQ(got.shape(), want.shape()) << what;
   EXPECT_LE(max_abs_diff(got, want), rtol * std::max(1.0, max_abs(want)))
       << what << ": " << a.meta_str() << " @ " << b.meta_str();
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
 }
 
 // ---------------------------------------------------------------- values

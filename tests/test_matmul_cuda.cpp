@@ -14,23 +14,17 @@
 
 #include "core/generator.h"
 #include "core/ops.h"
+#include "tests/cuda_compare.h"
 #include "tests/gradcheck.h"
 
 namespace kiln {
 namespace {
 
+using testing::expect_close;
+using testing::max_abs;
+using testing::randn_cpu;
+
 using BinaryFn = std::function<Tensor(const Tensor&, const Tensor&)>;
-
-Tensor random(const Shape& shape, uint64_t seed, DType dtype) {
-  Generator gen(seed);
-  return randn(shape, {.dtype = DType::f32}, &gen).to(dtype);
-}
-
-double max_abs(const Tensor& t) {
-  double m = 0;
-  for (double v : t.to_vector<double>()) m = std::max(m, std::abs(v));
-  return m;
-}
 
 double tolerance(DType t) {
   switch (t) {
@@ -45,20 +39,12 @@ double tolerance(DType t) {
   }
 }
 
-void expect_close(const Tensor& cpu, const Tensor& gpu, double rtol, const std::string& what) {
-  ASSERT_TRUE(cpu.defined() && gpu.defined()) << what;
-  ASSERT_TRUE(gpu.is_cuda()) << what;
-  ASSERT_EQ(cpu.shape(), gpu.shape()) << what;
-  ASSERT_EQ(cpu.dtype(), gpu.dtype()) << what;
-  EXPECT_LE(max_abs_diff(cpu, gpu.cpu()), rtol * max_abs(cpu)) << what;
-}
-
 // f(a, b) on both devices, then backward from the same random output gradient.
 void check_cpu_vs_cuda(const Shape& sa, const Shape& sb, DType dtype, const BinaryFn& f,
                        const std::string& what, uint64_t seed = 1) {
   const Device cuda("cuda:0");
   const std::string tag = what + " " + std::string(dtype_name(dtype));
-  Tensor a = random(sa, seed, dtype), b = random(sb, seed + 1, dtype);
+  Tensor a = randn_cpu(sa, seed, dtype), b = randn_cpu(sb, seed + 1, dtype);
   Tensor ag = a.to(cuda), bg = b.to(cuda);
   a.requires_grad_(true);
   b.requires_grad_(true);
@@ -70,7 +56,7 @@ void check_cpu_vs_cuda(const Shape& sa, const Shape& sb, DType dtype, const Bina
   const double rtol = tolerance(dtype);
   expect_close(out, out_g, rtol, tag + " forward");
 
-  const Tensor w = random(out.shape(), seed + 2, dtype);
+  const Tensor w = randn_cpu(out.shape(), seed + 2, dtype);
   out.backward(w);
   out_g.backward(w.to(cuda));
   expect_close(a.grad(), ag.grad(), rtol, tag + " grad a");
@@ -164,8 +150,8 @@ TEST(MatmulCuda, EmptySizesAndErrors) {
 TEST(MatmulCuda, RepeatedCallsAreBitwiseEqual) {
   KILN_SKIP_WITHOUT_CUDA();
   const Device cuda("cuda:0");
-  const Tensor a = random({128, 1024}, 1, DType::f32).to(cuda);
-  const Tensor b = random({1024, 256}, 2, DType::f32).to(cuda);
+  const Tensor a = randn_cpu({128, 1024}, 1, DType::f32).to(cuda);
+  const Tensor b = randn_cpu({1024, 256}, 2, DType::f32).to(cuda);
   const Tensor first = matmul(a, b).cpu();
   for (int i = 0; i < 3; ++i) EXPECT_EQ(max_abs_diff(first, matmul(a, b).cpu()), 0.0);
 }

@@ -5,9 +5,6 @@
 // modules' buffers, counters and errors, and parity of BatchNorm2d with Debian's PyTorch 1.13
 // (forward, backward and running statistics, in f64 and f32).
 #include <gtest/gtest.h>
-#include <stdlib.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
@@ -24,20 +21,14 @@
 #include "core/ops.h"
 #include "nn/batchnorm.h"
 #include "tests/gradcheck.h"
+#include "tests/python_oracle.h"
 
 namespace kiln {
 namespace {
 
 using testing::gradcheck;
 using testing::rand_input;
-
-std::vector<double> uniform_values(int64_t n, double lo, double hi, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<double> dist(lo, hi);
-  std::vector<double> v(n);
-  for (double& x : v) x = dist(rng);
-  return v;
-}
+using testing::uniform_values;
 
 Tensor tensor(const std::vector<double>& v, const Shape& shape, DType dtype = DType::f32) {
   return from_vector(v, shape, {.dtype = dtype});
@@ -380,8 +371,6 @@ TEST(BatchNormModule, InputErrorsNameTheModule) {
 namespace fs = std::filesystem;
 static_assert(std::endian::native == std::endian::little, "the .bin files here are little-endian f64");
 
-const char* const kPython = "/usr/bin/python3";
-
 // The reference: BatchNorm2d(C, momentum=0.1) with the given weight and bias; a training step on
 // x1, a training step on x2 whose output is back-propagated with gy, then an eval forward and
 // backward on x1. Keep in step with RunKiln below.
@@ -472,17 +461,13 @@ class BatchNormParity : public ::testing::Test {
   static constexpr int64_t N = 4, C = 3, H = 5, W = 6;
 
   static void SetUpTestSuite() {
-    if (access(kPython, X_OK) != 0 ||
-        std::system((std::string(kPython) + " -c 'import torch, numpy' >/dev/null 2>&1").c_str()) != 0) {
-      skip_ = std::string(kPython) + " cannot import torch and numpy (scripts/setup.sh installs python3-torch)";
+    skip_ = testing::python_unavailable(testing::kSystemPython, "torch, numpy");
+    if (!skip_.empty()) return;
+    dir_ = testing::make_temp_dir("kiln_bn_parity_").string();
+    if (dir_.empty()) {
+      failure_ = "cannot make a directory under " + fs::temp_directory_path().string();
       return;
     }
-    std::string tmpl = (fs::temp_directory_path() / "kiln_bn_parity_XXXXXX").string();
-    if (!mkdtemp(tmpl.data())) {
-      failure_ = "mkdtemp failed for " + tmpl;
-      return;
-    }
-    dir_ = tmpl;
     Generator gen(20240612);
     const TensorOptions f64{.dtype = DType::f64};
     inputs_ = {randn({N, C, H, W}, f64, &gen) * 2.0 + 0.5, randn({N, C, H, W}, f64, &gen) - 1.0,
@@ -491,19 +476,10 @@ class BatchNormParity : public ::testing::Test {
     for (size_t i = 0; i < inputs_.size(); ++i) write_f64(fs::path(dir_) / (std::string(names[i]) + ".bin"), inputs_[i]);
     const fs::path script = fs::path(dir_) / "batchnorm_reference.py";
     std::ofstream(script) << kReferenceScript;
-    const std::string cmd = std::string(kPython) + " '" + script.string() + "' '" + dir_ + "' " +
-                            std::to_string(N) + " " + std::to_string(C) + " " + std::to_string(H) +
-                            " " + std::to_string(W) + " 2>&1";
-    FILE* pipe = popen(cmd.c_str(), "r");
-    if (!pipe) {
-      failure_ = "cannot run " + cmd;
-      return;
-    }
-    std::string output;
-    char buf[4096];
-    while (size_t n = fread(buf, 1, sizeof buf, pipe)) output.append(buf, n);
-    const int status = pclose(pipe);
-    if (status != 0) failure_ = cmd + " failed (status " + std::to_string(WEXITSTATUS(status)) + "):\n" + output;
+    const testing::CommandResult ref = testing::run_command(
+        testing::kSystemPython + " '" + script.string() + "' '" + dir_ + "' " + std::to_string(N) + " " +
+        std::to_string(C) + " " + std::to_string(H) + " " + std::to_string(W) + " 2>&1");
+    failure_ = ref.failure;
   }
 
   static void TearDownTestSuite() {

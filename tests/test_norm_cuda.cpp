@@ -20,46 +20,21 @@
 #include "core/generator.h"
 #include "core/ops.h"
 #include "nn/batchnorm.h"
+#include "tests/cuda_compare.h"
 #include "tests/gradcheck.h"
 
 namespace kiln {
 namespace {
 
-const Device kCuda(DeviceType::CUDA, 0);
+using testing::expect_matches;
+using testing::kCuda;
+using testing::random_cpu;
+using testing::Tolerance;
 
-struct Tolerance {
-  double rtol;
-  double atol_scale;  // absolute slack as a fraction of the largest |reference| value
-};
+// Every element within the tolerance: a NaN fails even against a NaN.
 Tolerance tolerance(DType dtype) {
-  return dtype == DType::bf16 ? Tolerance{2e-2, 2e-3} : Tolerance{1e-5, 1e-5};
-}
-
-Tensor random_cpu(const Shape& shape, double lo, double hi, DType dtype, uint64_t seed) {
-  NoGradGuard no_grad;
-  Generator gen(seed);
-  return add(mul(rand(shape, {.dtype = DType::f32}, &gen), hi - lo), lo).to(dtype);
-}
-
-// |cuda - cpu| <= rtol * |cpu| + atol_scale * max|cpu| for every element.
-void expect_matches(const Tensor& cuda_result, const Tensor& cpu_result, Tolerance tol,
-                    const std::string& what) {
-  ASSERT_TRUE(cuda_result.defined() && cpu_result.defined()) << what;
-  ASSERT_TRUE(cuda_result.is_cuda()) << what;
-  ASSERT_EQ(cuda_result.dtype(), cpu_result.dtype()) << what;
-  ASSERT_EQ(cuda_result.shape(), cpu_result.shape()) << what;
-  const std::vector<double> got = cuda_result.cpu().to_vector<double>();
-  const std::vector<double> want = cpu_result.to_vector<double>();
-  double scale = 0;
-  for (double w : want) scale = std::max(scale, std::abs(w));
-  int64_t bad = 0, first = -1;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const bool ok = std::abs(got[i] - want[i]) <= tol.rtol * std::abs(want[i]) + tol.atol_scale * scale;
-    if (!ok && bad++ == 0) first = static_cast<int64_t>(i);
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << got.size() << " elements differ; first at "
-                    << first << ": cuda " << (first >= 0 ? got[first] : 0.0) << ", cpu "
-                    << (first >= 0 ? want[first] : 0.0);
+  return dtype == DType::bf16 ? Tolerance{.rtol = 2e-2, .atol_scale = 2e-3, .equal_values_pass = false}
+                              : Tolerance{.rtol = 1e-5, .atol_scale = 1e-5, .equal_values_pass = false};
 }
 
 struct Case {

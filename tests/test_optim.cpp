@@ -10,12 +10,10 @@
 //     every schedule at its key steps, registries, and the checkpoint state: a save/load
 //     round trip that continues bit for bit, and one error per kind of bad entry.
 #include <gtest/gtest.h>
-#include <stdlib.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -35,21 +33,19 @@
 #include "optim/param_groups.h"
 #include "optim/registry.h"
 #include "optim/sgd.h"
+#include "tests/expect_error.h"
+#include "tests/gradcheck.h"
+#include "tests/python_oracle.h"
 
 namespace kiln {
 namespace {
 
+using testing::expect_error;
+using testing::uniform_values;
+
 namespace fs = std::filesystem;
 
 // ---------------------------------------------------------------- helpers
-
-std::vector<double> uniform_values(int64_t n, double lo, double hi, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<double> dist(lo, hi);
-  std::vector<double> v(static_cast<size_t>(n));
-  for (double& x : v) x = dist(rng);
-  return v;
-}
 
 Tensor values_tensor(const std::vector<double>& v, const Shape& shape, DType dtype = DType::f64) {
   return from_vector(v, shape, {.dtype = dtype});
@@ -69,17 +65,6 @@ void expect_close(const std::vector<double>& got, const std::vector<double>& wan
   for (double w : want) scale = std::max(scale, std::abs(w));
   for (size_t i = 0; i < got.size(); ++i)
     ASSERT_NEAR(got[i], want[i], tol * scale) << what << " element " << i;
-}
-
-template <class F>
-void expect_error(F&& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "expected a kiln::Error containing \"" << needle << "\"";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
-        << "message \"" << e.what() << "\" lacks \"" << needle << "\"";
-  }
 }
 
 std::map<std::string, Tensor> state_map(const Optimizer& opt) {
@@ -544,9 +529,9 @@ TEST(LRSchedule, RejectsBadOptions) {
 TEST(Registry, UnknownNamesListKnownOnes) {
   Tensor p = param_of({1.0}, {1});
   expect_error([&] { make_optimizer("adamx", {{.params = {p}}}); },
-               "unknown optimizer 'adamx' (known: adam, adamw, sgd)");
+               "unknown optimizer: adamx (known: adam, adamw, sgd)");
   expect_error([] { make_lr_schedule("linear"); },
-               "unknown lr schedule 'linear' (known: constant, cosine, onecycle, step)");
+               "unknown lr schedule: linear (known: constant, cosine, onecycle, step)");
   EXPECT_EQ(optimizer_names(), (std::vector<std::string>{"adam", "adamw", "sgd"}));
   EXPECT_EQ(make_optimizer("adamw", {{.params = {p}}})->name(), "adamw");
   expect_error(
@@ -555,7 +540,7 @@ TEST(Registry, UnknownNamesListKnownOnes) {
           return std::unique_ptr<Optimizer>(new SGD(std::move(g), o));
         });
       },
-      "'sgd' is already registered");
+      "optimizer already registered: sgd");
   register_lr_schedule("half", [](const LRScheduleOptions& o) {
     LRScheduleOptions h = o;
     h.lr = o.lr / 2;
@@ -727,8 +712,6 @@ TEST(OptimizerState, LoadErrorsNameTheEntry) {
 
 // ---------------------------------------------------------------- PyTorch parity
 
-const char* const kPython = "/usr/bin/python3";
-
 struct TorchParamSpec {
   Shape shape;
   std::vector<double> values;
@@ -867,28 +850,18 @@ class TorchParity : public ::testing::Test {
   }
 
   static void SetUpTestSuite() {
-    if (access(kPython, X_OK) != 0) {
-      skip_reason_ = std::string(kPython) + " not found (scripts/setup.sh installs python3-torch)";
-      return;
-    }
-    const std::string probe = std::string(kPython) + " -c 'import torch' >/dev/null 2>&1";
-    if (std::system(probe.c_str()) != 0) {
-      skip_reason_ =
-          std::string(kPython) + " cannot import torch (scripts/setup.sh installs python3-torch)";
-      return;
-    }
-    const char* src = std::getenv("KILN_SOURCE_DIR");
-    const fs::path script = fs::path(src ? src : ".") / "tests" / "parity" / "optim_step.py";
+    skip_reason_ = testing::python_unavailable(testing::kSystemPython, "torch");
+    if (!skip_reason_.empty()) return;
+    const fs::path script = testing::parity_script("optim_step.py");
     if (!fs::exists(script)) {
       failure_ = "reference script " + script.string() + " not found (set KILN_SOURCE_DIR)";
       return;
     }
-    std::string tmpl = (fs::temp_directory_path() / "kiln_optim_XXXXXX").string();
-    if (!mkdtemp(tmpl.data())) {
-      failure_ = "mkdtemp failed for " + tmpl;
+    dir_ = testing::make_temp_dir("kiln_optim_").string();
+    if (dir_.empty()) {
+      failure_ = "cannot make a directory under " + fs::temp_directory_path().string();
       return;
     }
-    dir_ = tmpl;
     const fs::path in = fs::path(dir_) / "cases.json", out = fs::path(dir_) / "torch.txt";
     {
       std::ofstream f(in);
@@ -897,19 +870,10 @@ class TorchParity : public ::testing::Test {
       for (const TorchOneCycleCase& c : onecycle_cases()) f << sep << case_json(c);
       f << "]\n";
     }
-    const std::string cmd = std::string(kPython) + " '" + script.string() + "' '" + in.string() +
-                            "' '" + out.string() + "' 2>&1";
-    FILE* pipe = popen(cmd.c_str(), "r");
-    if (!pipe) {
-      failure_ = "cannot run " + cmd;
-      return;
-    }
-    std::string output;
-    char buf[4096];
-    while (size_t n = fread(buf, 1, sizeof buf, pipe)) output.append(buf, n);
-    const int status = pclose(pipe);
-    if (status != 0) {
-      failure_ = cmd + " failed (status " + std::to_string(WEXITSTATUS(status)) + "):\n" + output;
+    const testing::CommandResult ref = testing::run_command(
+        testing::kSystemPython + " '" + script.string() + "' '" + in.string() + "' '" + out.string() + "' 2>&1");
+    if (!ref.ok) {
+      failure_ = ref.failure;
       return;
     }
     std::ifstream f(out);

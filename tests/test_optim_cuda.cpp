@@ -24,12 +24,13 @@
 #include "optim/clip_grad.h"
 #include "optim/fused_step.h"
 #include "optim/sgd.h"
+#include "tests/cuda_compare.h"
 #include "tests/gradcheck.h"
 
 namespace kiln {
 namespace {
 
-const Device kCuda(DeviceType::CUDA, 0);
+using testing::kCuda;
 
 Tensor random_cpu(int64_t n, DType dtype, uint32_t seed, double lo = -1.0, double hi = 1.0) {
   std::mt19937 rng(seed);
@@ -39,35 +40,13 @@ Tensor random_cpu(int64_t n, DType dtype, uint32_t seed, double lo = -1.0, doubl
   return from_vector(v, {n}, {.dtype = dtype});
 }
 
-// |cuda - cpu| <= tol * |cpu| + tol * max|cpu| for every element.
-template <class T>
-void expect_matches_typed(const Tensor& cuda_result, const Tensor& cpu_result, double tol,
-                          const std::string& what) {
-  const Tensor got_t = cuda_result.cpu().contiguous(), want_t = cpu_result.contiguous();
-  const T* got = got_t.data<T>();
-  const T* want = want_t.data<T>();
-  const int64_t n = want_t.numel();
-  double scale = 0;
-  for (int64_t i = 0; i < n; ++i) scale = std::max(scale, std::abs(static_cast<double>(want[i])));
-  int64_t bad = 0, first = -1;
-  for (int64_t i = 0; i < n; ++i) {
-    const double g = got[i], w = want[i];
-    if (!(std::abs(g - w) <= tol * std::abs(w) + tol * scale) && bad++ == 0) first = i;
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << n << " elements differ; first at " << first
-                    << ": cuda " << (first >= 0 ? static_cast<double>(got[first]) : 0.0) << ", cpu "
-                    << (first >= 0 ? static_cast<double>(want[first]) : 0.0);
-}
-
+// |cuda - cpu| <= tol * |cpu| + tol * max|cpu| for every element, tol 1e-12 for f64 and 1e-6
+// for f32; a NaN fails.
 void expect_matches(const Tensor& cuda_result, const Tensor& cpu_result, const std::string& what) {
-  ASSERT_TRUE(cuda_result.is_cuda()) << what;
   ASSERT_FALSE(cpu_result.is_cuda()) << what;
-  ASSERT_EQ(cuda_result.shape(), cpu_result.shape()) << what;
-  ASSERT_EQ(cuda_result.dtype(), cpu_result.dtype()) << what;
-  if (cpu_result.dtype() == DType::f64)
-    expect_matches_typed<double>(cuda_result, cpu_result, 1e-12, what);
-  else
-    expect_matches_typed<float>(cuda_result, cpu_result, 1e-6, what);
+  const double tol = cpu_result.dtype() == DType::f64 ? 1e-12 : 1e-6;
+  testing::expect_matches(cuda_result, cpu_result,
+                          {.rtol = tol, .atol_scale = tol, .equal_values_pass = false}, what);
 }
 
 // The four lists of fused_adam_update, on one device.

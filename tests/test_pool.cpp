@@ -16,18 +16,14 @@
 #include "core/autograd.h"
 #include "core/ops.h"
 #include "nn/pool.h"
+#include "tests/expect_error.h"
 #include "tests/gradcheck.h"
 
 namespace kiln {
 namespace {
 
-std::vector<double> uniform_values(int64_t n, double lo, double hi, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<double> dist(lo, hi);
-  std::vector<double> v(static_cast<size_t>(n));
-  for (double& x : v) x = dist(rng);
-  return v;
-}
+using testing::expect_error;
+using testing::uniform_values;
 
 // n distinct values k/n for k in a random order: any two differ by at least 1/n, far more than
 // a finite-difference step, so no window has a tie.
@@ -272,16 +268,6 @@ TEST(MaxPool2d, NanPropagates) {
 }
 
 // ---------------------------------------------------------------- errors and modules
-template <class F>
-void expect_error(F&& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one mentioning \"" << needle << "\"";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
-
 TEST(Pool2d, ErrorsNameTheProblem) {
   const Tensor x = zeros({2, 3, 5, 5});
   expect_error([&] { max_pool2d(x, 2, 2, 2); }, "padding (2, 2) must be between 0 and half the kernel (2, 2)");

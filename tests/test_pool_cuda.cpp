@@ -14,36 +14,22 @@
 #include "core/autograd.h"
 #include "core/generator.h"
 #include "core/ops.h"
+#include "tests/cuda_compare.h"
 #include "tests/gradcheck.h"
 
 namespace kiln {
 namespace {
 
-const Device kCuda(DeviceType::CUDA, 0);
+using testing::kCuda;
 
+// Uniform in [-2, 2).
 Tensor random_cpu(const Shape& shape, DType dtype, uint64_t seed) {
-  NoGradGuard no_grad;
-  Generator gen(seed);
-  return add(mul(rand(shape, {.dtype = DType::f32}, &gen), 4.0), -2.0).to(dtype);
+  return testing::random_cpu(shape, -2.0, 2.0, dtype, seed);
 }
 
 // |cuda - cpu| <= rtol * |cpu| (rtol 0: bit for bit; NaN matches NaN).
 void expect_matches(const Tensor& cuda_result, const Tensor& cpu_result, double rtol, const std::string& what) {
-  ASSERT_TRUE(cuda_result.defined() && cpu_result.defined()) << what;
-  ASSERT_TRUE(cuda_result.is_cuda()) << what;
-  ASSERT_EQ(cuda_result.dtype(), cpu_result.dtype()) << what;
-  ASSERT_EQ(cuda_result.shape(), cpu_result.shape()) << what;
-  const std::vector<double> got = cuda_result.cpu().to_vector<double>();
-  const std::vector<double> want = cpu_result.to_vector<double>();
-  int64_t bad = 0, first = -1;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const bool ok = got[i] == want[i] || (std::isnan(got[i]) && std::isnan(want[i])) ||
-                    std::abs(got[i] - want[i]) <= rtol * std::abs(want[i]);
-    if (!ok && bad++ == 0) first = static_cast<int64_t>(i);
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << got.size() << " elements differ; first at " << first
-                    << ": cuda " << (first >= 0 ? got[first] : 0.0) << ", cpu "
-                    << (first >= 0 ? want[first] : 0.0);
+  testing::expect_matches(cuda_result, cpu_result, {.rtol = rtol}, what);
 }
 
 struct PoolCase {

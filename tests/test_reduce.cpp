@@ -22,17 +22,10 @@ namespace {
 
 using testing::gradcheck;
 using testing::rand_input;
+using testing::uniform_values;
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr double kInf = std::numeric_limits<double>::infinity();
-
-std::vector<double> uniform_values(int64_t n, double lo, double hi, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<double> dist(lo, hi);
-  std::vector<double> v(n);
-  for (double& x : v) x = dist(rng);
-  return v;
-}
 
 Tensor tensor(const std::vector<double>& v, const Shape& shape, DType dtype = DType::f32) {
   return from_vector(v, shape, {.dtype = dtype});

@@ -20,14 +20,7 @@ namespace {
 
 using testing::gradcheck;
 using testing::rand_input;
-
-std::vector<double> uniform_values(int64_t n, double lo, double hi, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<double> dist(lo, hi);
-  std::vector<double> v(n);
-  for (double& x : v) x = dist(rng);
-  return v;
-}
+using testing::uniform_values;
 
 Tensor tensor(const std::vector<double>& v, const Shape& shape, DType dtype = DType::f32) {
   return from_vector(v, shape, {.dtype = dtype});

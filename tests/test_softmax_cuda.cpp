@@ -19,25 +19,20 @@
 #include "core/autograd.h"
 #include "core/generator.h"
 #include "core/ops.h"
+#include "tests/cuda_compare.h"
 #include "tests/gradcheck.h"
 
 namespace kiln {
 namespace {
 
-const Device kCuda(DeviceType::CUDA, 0);
+using testing::expect_matches;
+using testing::kCuda;
+using testing::random_cpu;
+using testing::Tolerance;
 
-struct Tolerance {
-  double rtol;
-  double atol_scale;  // absolute slack as a fraction of the largest |reference| value
-};
 Tolerance tolerance(DType dtype) {
-  return dtype == DType::bf16 ? Tolerance{1e-2, 1e-3} : Tolerance{1e-5, 1e-6};
-}
-
-Tensor random_cpu(const Shape& shape, double lo, double hi, DType dtype, uint64_t seed) {
-  NoGradGuard no_grad;
-  Generator gen(seed);
-  return add(mul(rand(shape, {.dtype = DType::f32}, &gen), hi - lo), lo).to(dtype);
+  return dtype == DType::bf16 ? Tolerance{.rtol = 1e-2, .atol_scale = 1e-3}
+                              : Tolerance{.rtol = 1e-5, .atol_scale = 1e-6};
 }
 
 // Class indices in [0, classes), every `ignore_every`-th one replaced by -100.
@@ -47,28 +42,6 @@ Tensor random_targets(const Shape& shape, int64_t classes, int ignore_every, uin
   std::vector<int64_t> t(shape_numel(shape));
   for (size_t i = 0; i < t.size(); ++i) t[i] = ignore_every > 0 && i % ignore_every == 1 ? -100 : dist(rng);
   return from_vector(t, shape);
-}
-
-// |cuda - cpu| <= rtol * |cpu| + atol_scale * max|cpu| for every element.
-void expect_matches(const Tensor& cuda_result, const Tensor& cpu_result, Tolerance tol,
-                    const std::string& what) {
-  ASSERT_TRUE(cuda_result.is_cuda()) << what;
-  ASSERT_EQ(cuda_result.dtype(), cpu_result.dtype()) << what;
-  ASSERT_EQ(cuda_result.shape(), cpu_result.shape()) << what;
-  const std::vector<double> got = cuda_result.cpu().to_vector<double>();
-  const std::vector<double> want = cpu_result.to_vector<double>();
-  double scale = 0;
-  for (double w : want)
-    if (std::isfinite(w)) scale = std::max(scale, std::abs(w));
-  int64_t bad = 0, first = -1;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const bool ok = got[i] == want[i] || (std::isnan(got[i]) && std::isnan(want[i])) ||
-                    std::abs(got[i] - want[i]) <= tol.rtol * std::abs(want[i]) + tol.atol_scale * scale;
-    if (!ok && bad++ == 0) first = static_cast<int64_t>(i);
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << got.size() << " elements differ; first at "
-                    << first << ": cuda " << (first >= 0 ? got[first] : 0.0) << ", cpu "
-                    << (first >= 0 ? want[first] : 0.0);
 }
 
 std::string shape_label(const Shape& shape, DType dtype) {

@@ -11,27 +11,17 @@
 
 #include "core/ops.h"
 #include "core/tensor.h"
+#include "tests/expect_error.h"
 
 namespace kiln {
 namespace {
+
+using testing::expect_error;
 
 using Values = std::vector<double>;
 
 const DType kAllDTypes[] = {DType::f32, DType::f16, DType::bf16, DType::f64,
                             DType::i32, DType::i64, DType::u8,   DType::b8};
-
-// Runs `fn`, expects a kiln::Error, and checks that its message contains every one of `parts`.
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const std::string& p : parts)
-      EXPECT_NE(msg.find(p), std::string::npos) << "message \"" << msg << "\" lacks \"" << p << "\"";
-    return;
-  }
-  ADD_FAILURE() << "expected a kiln::Error containing \"" << (parts.empty() ? "" : parts[0]) << "\"";
-}
 
 // 0, 1, ..., n-1 as an f32 tensor of `shape`.
 Tensor iota(const Shape& shape) {

@@ -3,6 +3,9 @@
 // overwriting anything.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
 
 #include <cstdio>
 #include <cstdlib>
@@ -196,6 +199,60 @@ TEST_F(TrainTest, ShapeMismatchedCheckpointNamesKeyAndShapes) {
     EXPECT_NE(msg.find("1.weight: checkpoint has [32, 784], model has [48, 784]"), std::string::npos) << msg;
   }
   EXPECT_EQ(file_bytes(ckpt), before);
+}
+
+// Ctrl-C (SIGINT) mid-run: a checkpoint at the current step, exit code 130, and a resume that
+// finishes the run.
+TEST_F(TrainTest, SigintSavesACheckpointAndResumes) {
+  const char* build = std::getenv("KILN_BUILD_DIR");
+  const std::string kiln = std::string(build ? build : "build") + "/kiln";
+  const fs::path run = dir_ / "run";
+  std::ofstream(dir_ / "c.yaml") << "device: cpu\nmodel:\n  hidden_sizes: [32]\ndata:\n  batch_size: 32\n";
+  std::vector<std::string> args = {kiln, "train", (dir_ / "c.yaml").string(), "train.steps=100000",
+                                   "train.log_every=1", "checkpoint.every=0", "train.eval_every=0",
+                                   "log.run_dir=" + run.string()};
+  int out[2];
+  ASSERT_EQ(pipe(out), 0);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    dup2(out[1], STDOUT_FILENO);
+    dup2(out[1], STDERR_FILENO);
+    close(out[0]);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(out[1]);
+  // Wait until training is under way (a few step lines), then interrupt.
+  std::string output;
+  char buf[4096];
+  while (output.find("step 20/") == std::string::npos) {
+    const ssize_t n = read(out[0], buf, sizeof buf);
+    if (n <= 0) break;
+    output.append(buf, n);
+  }
+  kill(pid, SIGINT);
+  for (ssize_t n; (n = read(out[0], buf, sizeof buf)) > 0;) output.append(buf, n);
+  close(out[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << output;
+  EXPECT_EQ(WEXITSTATUS(status), 130) << output;
+  EXPECT_NE(output.find("stopped by SIGINT"), std::string::npos) << output;
+  const auto ckpts = io::list_checkpoints(run / "checkpoints");
+  ASSERT_EQ(ckpts.size(), 1u) << output;
+  const int64_t stopped_at = ckpts[0].first;
+  EXPECT_GE(stopped_at, 20);
+
+  Config cfg = Config::load((dir_ / "c.yaml").string());
+  cfg.set_override("train.steps=" + std::to_string(stopped_at + 5));
+  cfg.set_override("train.resume=auto");
+  cfg.set_override("train.eval_every=0");
+  cfg.set_override("log.run_dir=" + run.string());
+  const TrainSummary s = train(cfg);
+  EXPECT_EQ(s.steps, stopped_at + 5);
 }
 
 TEST_F(TrainTest, EvalReportsTheTrainedAccuracy) {

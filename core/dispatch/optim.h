@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "core/dispatch.h"
-#include "core/half.h"  // KILN_HOST_DEVICE
+#include "core/host_device.h"
 #include "core/tensor.h"
 
 namespace kiln {

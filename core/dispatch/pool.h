@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "core/dispatch.h"
+#include "core/host_device.h"
 #include "core/tensor.h"
 
 namespace kiln {

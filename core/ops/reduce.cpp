@@ -141,6 +141,26 @@ Tensor arg_extreme(const Tensor& x, int64_t dim, bool keepdim, bool is_max) {
 Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
   // Integer and bool sums count in i64, like PyTorch; the kernel sums one dtype into itself.
   const bool floating = is_floating(x.dtype());
+  // Separate blocks of reduced dims (a bias gradient: NCHW over {0, 2, 3}): fold the innermost
+  // block first, in place, then the rest, instead of a permuting copy of the whole input.
+  if (floating && x.is_contiguous() && dims.size() > 1) {
+    std::vector<int64_t> sorted;
+    for (int64_t d : dims) sorted.push_back(wrap_dim(d, x.dim(), "sum"));
+    std::sort(sorted.begin(), sorted.end());
+    sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
+    size_t first = sorted.size() - 1;
+    while (first > 0 && sorted[first - 1] == sorted[first] - 1) --first;
+    if (first > 0) {
+      const std::vector<int64_t> inner(sorted.begin() + first, sorted.end());
+      const std::vector<int64_t> outer(sorted.begin(), sorted.begin() + first);
+      Tensor folded = sum(sum(x, inner, /*keepdim=*/true), outer, /*keepdim=*/true);
+      if (keepdim) return folded;
+      Shape out_shape;
+      for (int64_t d = 0; d < x.dim(); ++d)
+        if (!std::binary_search(sorted.begin(), sorted.end(), d)) out_shape.push_back(x.size(d));
+      return folded.reshape(out_shape);
+    }
+  }
   Tensor in = floating || x.dtype() == DType::i64 ? x : x.detach().to(DType::i64);
   ReducePlan p = plan_reduction(in, dims, keepdim, "sum");
   Tensor out = run_reduction(ReduceOp::sum, p, in.dtype());

@@ -7,55 +7,17 @@
 #include <algorithm>
 #include <cstring>
 
+#include "kernels/index_common.h"
+
 namespace kiln {
 namespace {
 
 constexpr int64_t kParallelGrain = 1 << 15;
 
-// A contiguous tensor seen as [outer, size, inner] around `dim`.
-struct DimSplit {
-  int64_t outer = 1, size = 1, inner = 1;
-};
-
-DimSplit split_at(const Shape& shape, int64_t dim) {
-  DimSplit s;
-  for (int64_t d = 0; d < static_cast<int64_t>(shape.size()); ++d) {
-    if (d < dim)
-      s.outer *= shape[d];
-    else if (d > dim)
-      s.inner *= shape[d];
-  }
-  s.size = shape[dim];
-  return s;
-}
-
 template <class I>
 void check_bounds(const char* op, const I* idx, int64_t n, int64_t dim, int64_t size) {
   for (int64_t i = 0; i < n; ++i)
-    if (idx[i] < 0 || idx[i] >= size)
-      KILN_FAIL(op, ": index ", static_cast<int64_t>(idx[i]), " is out of range for dim ", dim,
-                " with size ", size);
-}
-
-// Runs f(T{}) with the element type of an accumulating op (floating, i32, i64).
-template <class F>
-void dispatch_addable(DType t, const char* op, F&& f) {
-  switch (t) {
-    case DType::f32:
-      return f(float{});
-    case DType::f64:
-      return f(double{});
-    case DType::f16:
-      return f(Half{});
-    case DType::bf16:
-      return f(BFloat16{});
-    case DType::i32:
-      return f(int32_t{});
-    case DType::i64:
-      return f(int64_t{});
-    default:
-      KILN_FAIL(op, ": unsupported dtype ", t);
-  }
+    if (idx[i] < 0 || idx[i] >= size) fail_index_out_of_range(op, idx[i], dim, size);
 }
 
 template <class T>

@@ -3,36 +3,14 @@
 // accumulate in double whatever the input type, so the CPU result is the accurate reference
 // the CUDA kernels are tested against; elementwise passes run in opmath_t.
 #include <cstdint>
-#include <initializer_list>
 
 #include "core/dispatch/norm.h"
+#include "kernels/norm_common.h"
 
 namespace kiln {
 namespace {
 
 constexpr int64_t kParallelGrain = 1 << 14;  // below this many elements, stay serial
-
-template <class A>
-const A* data_or_null(const Tensor& t) {
-  return t.defined() ? static_cast<const A*>(t.data_ptr()) : nullptr;
-}
-
-DType acc_of(DType t) { return t == DType::f64 ? DType::f64 : DType::f32; }
-
-void check_per_channel(std::initializer_list<const Tensor*> ts, const Tensor& x, NormGeometry g,
-                       const char* what) {
-  for (const Tensor* t : ts) {
-    KILN_CHECK(!t->defined() || (t->is_contiguous() && t->dtype() == acc_of(x.dtype()) &&
-                                 t->numel() == g.channels && t->device() == x.device()),
-               what, ": per-channel tensor ", t->meta_str(), " (expected contiguous ",
-               acc_of(x.dtype()), "[", g.channels, "] on ", x.device(), ")");
-  }
-}
-
-void check_input(const Tensor& x, NormGeometry g, const char* what) {
-  KILN_CHECK(x.is_contiguous() && x.numel() == g.n * g.channels * g.inner, what, ": input ",
-             x.meta_str(), " is not a contiguous [", g.n, ", ", g.channels, ", ", g.inner, "]");
-}
 
 // ------------------------------------------------------------------ statistics
 template <class T>
@@ -61,7 +39,7 @@ void stats_typed(opmath_t<T>* mean, opmath_t<T>* var, const T* x, NormGeometry g
 }
 
 void stats_cpu(Tensor& mean, Tensor& var, const Tensor& x, NormGeometry g) {
-  check_input(x, g, "batch_norm_stats kernel");
+  check_norm_input(x, g, "batch_norm_stats kernel");
   check_per_channel({&mean, &var}, x, g, "batch_norm_stats kernel");
   KILN_DISPATCH_FLOATING(x.dtype(), "batch_norm_stats", [&] {
     using A = opmath_t<scalar_t>;
@@ -92,8 +70,8 @@ void apply_typed(T* y, const T* x, const opmath_t<T>* mean, const opmath_t<T>* i
 void apply_cpu(Tensor& y, const Tensor& x, const Tensor& mean, const Tensor& invstd,
                const Tensor& weight, const Tensor& bias, NormGeometry g) {
   const char* what = "batch_norm_apply kernel";
-  check_input(x, g, what);
-  check_input(y, g, what);
+  check_norm_input(x, g, what);
+  check_norm_input(y, g, what);
   KILN_CHECK(y.dtype() == x.dtype(), what, ": ", x.meta_str(), " -> ", y.meta_str());
   check_per_channel({&mean, &invstd, &weight, &bias}, x, g, what);
   KILN_DISPATCH_FLOATING(x.dtype(), "batch_norm_apply", [&] {
@@ -129,8 +107,8 @@ void backward_reduce_typed(opmath_t<T>* sum_dy, opmath_t<T>* sum_dy_xmu, const T
 void backward_reduce_cpu(Tensor& sum_dy, Tensor& sum_dy_xmu, const Tensor& dy, const Tensor& x,
                          const Tensor& mean, NormGeometry g) {
   const char* what = "batch_norm_backward_reduce kernel";
-  check_input(x, g, what);
-  check_input(dy, g, what);
+  check_norm_input(x, g, what);
+  check_norm_input(dy, g, what);
   KILN_CHECK(dy.dtype() == x.dtype(), what, ": dy ", dy.meta_str(), ", x ", x.meta_str());
   check_per_channel({&sum_dy, &sum_dy_xmu, &mean}, x, g, what);
   KILN_DISPATCH_FLOATING(x.dtype(), "batch_norm_backward_reduce", [&] {
@@ -173,9 +151,9 @@ void backward_input_cpu(Tensor& dx, const Tensor& dy, const Tensor& x, const Ten
                         const Tensor& invstd, const Tensor& weight, const Tensor& sum_dy,
                         const Tensor& sum_dy_xmu, NormGeometry g) {
   const char* what = "batch_norm_backward_input kernel";
-  check_input(x, g, what);
-  check_input(dy, g, what);
-  check_input(dx, g, what);
+  check_norm_input(x, g, what);
+  check_norm_input(dy, g, what);
+  check_norm_input(dx, g, what);
   KILN_CHECK(dy.dtype() == x.dtype() && dx.dtype() == x.dtype(), what, ": dy ", dy.meta_str(),
              ", x ", x.meta_str(), " -> dx ", dx.meta_str());
   KILN_CHECK(sum_dy.defined() == sum_dy_xmu.defined(), what, ": give both sums or neither");

@@ -6,13 +6,12 @@
 // Results never depend on the thread count: each output, or each fixed-size chunk of a
 // single long row, is reduced by one thread in a fixed order.
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
-#include <limits>
 #include <type_traits>
 #include <vector>
 
 #include "core/dispatch/reduce.h"
+#include "kernels/reduce_ops.h"
 
 namespace kiln {
 namespace {
@@ -21,89 +20,6 @@ constexpr int64_t kBlock = 256;      // elements reduced in sequence before comb
 constexpr int64_t kTile = 64;        // columns per task when inner > 1
 constexpr int64_t kChunk = 1 << 16;  // elements per task when one long row is split
 constexpr int64_t kParallelGrain = 1 << 15;  // below this many elements, stay serial
-
-// The accumulator type: f32 for the 16-bit floats and f32, f64 for f64, i64 for integers.
-template <class T>
-using acc_t = std::conditional_t<std::is_floating_point_v<opmath_t<T>>, opmath_t<T>, int64_t>;
-
-template <class V>
-bool is_nan(V v) {
-  if constexpr (std::is_floating_point_v<V>) return std::isnan(v);
-  return false;
-}
-
-template <class V>
-V lowest() {
-  if constexpr (std::is_floating_point_v<V>) return -std::numeric_limits<V>::infinity();
-  return std::numeric_limits<V>::lowest();
-}
-
-template <class V>
-V highest() {
-  if constexpr (std::is_floating_point_v<V>) return std::numeric_limits<V>::infinity();
-  return std::numeric_limits<V>::max();
-}
-
-template <class T>
-struct SumOp {
-  using Acc = acc_t<T>;
-  Acc identity() const { return Acc(0); }
-  Acc load(T x, int64_t /*r*/, int64_t /*j*/) const { return static_cast<Acc>(x); }
-  Acc combine(Acc a, Acc b) const { return a + b; }
-};
-
-// Squared deviation from a per-output mean: the second pass of a two-pass variance.
-template <class T>
-struct SquaredDeviationOp {
-  using Acc = acc_t<T>;
-  const Acc* mean;
-  Acc identity() const { return Acc(0); }
-  Acc load(T x, int64_t /*r*/, int64_t j) const {
-    const Acc d = static_cast<Acc>(x) - mean[j];
-    return d * d;
-  }
-  Acc combine(Acc a, Acc b) const { return a + b; }
-};
-
-// max or min; NaN wins, as in PyTorch.
-template <class T>
-struct ExtremeOp {
-  using Acc = acc_t<T>;
-  bool take_max;
-  Acc identity() const { return take_max ? lowest<Acc>() : highest<Acc>(); }
-  Acc load(T x, int64_t /*r*/, int64_t /*j*/) const { return static_cast<Acc>(x); }
-  Acc combine(Acc a, Acc b) const {
-    if (is_nan(a)) return a;
-    if (is_nan(b)) return b;
-    return (take_max ? b > a : b < a) ? b : a;
-  }
-};
-
-template <class V>
-struct ValueIndex {
-  V value;
-  int64_t index;
-};
-
-// argmax or argmin: the first index of the extreme value (NaN counts as the extreme).
-template <class T>
-struct ArgExtremeOp {
-  using V = acc_t<T>;
-  using Acc = ValueIndex<V>;
-  bool take_max;
-  Acc identity() const {
-    return {take_max ? lowest<V>() : highest<V>(), std::numeric_limits<int64_t>::max()};
-  }
-  Acc load(T x, int64_t r, int64_t /*j*/) const { return {static_cast<V>(x), r}; }
-  Acc combine(Acc a, Acc b) const {
-    bool take_b;
-    if (is_nan(a.value)) take_b = is_nan(b.value) && b.index < a.index;
-    else if (is_nan(b.value)) take_b = true;
-    else if (b.value == a.value) take_b = b.index < a.index;
-    else take_b = take_max ? b.value > a.value : b.value < a.value;
-    return take_b ? b : a;
-  }
-};
 
 // Reduces p[0, n) (contiguous; element k is reduced position r0 + k) for output j: whole
 // blocks of kBlock elements in sequence, combined pairwise, so the rounding error of an f32
@@ -172,20 +88,6 @@ void reduce(const Op& op, const Finish& finish, const T* in, int64_t outer, int6
     }
   }
 }
-
-// Stores acc / divisor (divisor 1 for sum, max and min; n for mean; n - correction for var).
-template <class Out, class Acc>
-struct StoreDivided {
-  Out* out;
-  Acc divisor;
-  void operator()(int64_t j, Acc a) const { out[j] = static_cast<Out>(a / divisor); }
-};
-
-struct StoreIndex {
-  int64_t* out;
-  template <class Acc>
-  void operator()(int64_t j, const Acc& a) const { out[j] = a.index; }
-};
 
 template <class T>
 void reduce_typed(ReduceOp op, Tensor& out, const Tensor& in, int64_t outer, int64_t reduced,

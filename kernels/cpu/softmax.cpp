@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/dispatch/softmax.h"
+#include "kernels/softmax_common.h"
 
 namespace kiln {
 namespace {
@@ -36,6 +37,13 @@ A row_max(const T* x, int64_t n) {
   A m = kNegInf<A>;
   for (int64_t c = 0; c < n; ++c) m = std::max(m, static_cast<A>(x[c]));
   return m;
+}
+
+// log(sum(exp(x))) over a row, stabilised by the row's max.
+template <class A, class T>
+A row_log_sum_exp(const T* x, int64_t n) {
+  const A m = row_max<A>(x, n);
+  return m + std::log(blocked_sum<A>(n, [&](int64_t c) { return std::exp(static_cast<A>(x[c]) - m); }));
 }
 
 // ------------------------------------------------------------------ softmax forward
@@ -81,8 +89,7 @@ void softmax_strided(T* y, const T* x, int64_t outer, int64_t classes, int64_t i
 
 void softmax_kernel(Tensor& out, const Tensor& in, int64_t outer, int64_t classes, int64_t inner,
                     bool log) {
-  KILN_CHECK(in.is_contiguous() && out.is_contiguous() && in.dtype() == out.dtype(),
-             "softmax kernel: ", in.meta_str(), " -> ", out.meta_str());
+  check_softmax_args(out, in);
   KILN_DISPATCH_FLOATING(in.dtype(), "softmax", [&] {
     const auto* x = static_cast<const scalar_t*>(in.data_ptr());
     auto* y = static_cast<scalar_t*>(out.data_ptr());
@@ -127,10 +134,7 @@ void softmax_backward_typed(T* gi, const T* go, const T* y, int64_t outer, int64
 
 void softmax_backward_kernel(Tensor& grad_in, const Tensor& grad_out, const Tensor& out,
                              int64_t outer, int64_t classes, int64_t inner, bool log) {
-  KILN_CHECK(grad_in.is_contiguous() && grad_out.is_contiguous() && out.is_contiguous() &&
-                 grad_out.dtype() == out.dtype() && grad_in.dtype() == out.dtype(),
-             "softmax backward kernel: ", grad_out.meta_str(), ", ", out.meta_str(), " -> ",
-             grad_in.meta_str());
+  check_softmax_backward_args(grad_in, grad_out, out);
   KILN_DISPATCH_FLOATING(out.dtype(), "softmax backward", [&] {
     softmax_backward_typed(static_cast<scalar_t*>(grad_in.data_ptr()),
                            static_cast<const scalar_t*>(grad_out.data_ptr()),
@@ -149,7 +153,7 @@ void check_targets(const Idx* t, int64_t rows, int64_t classes, int64_t ignore_i
   }
 }
 
-// loss = (1-e) * (lse - x[t]) + e * (lse - mean(x)): the smoothed target puts e/C on each class.
+// loss = (1-e) * (lse - x[t]) + e * (lse - mean(x)); 0 for ignored rows.
 template <class T, class Idx>
 void cross_entropy_typed(opmath_t<T>* losses, const T* logits, const Idx* targets, int64_t rows,
                          int64_t classes, int64_t ignore_index, double smoothing) {
@@ -163,14 +167,10 @@ void cross_entropy_typed(opmath_t<T>* losses, const T* logits, const Idx* target
       continue;
     }
     const T* x = logits + r * classes;
-    const A m = row_max<A>(x, classes);
-    const A lse = m + std::log(blocked_sum<A>(classes, [&](int64_t c) { return std::exp(static_cast<A>(x[c]) - m); }));
-    A loss = lse - static_cast<A>(x[t]);
-    if (smoothing > 0) {
-      const A mean_x = blocked_sum<A>(classes, [&](int64_t c) { return static_cast<A>(x[c]); }) / classes;
-      loss = (1 - e) * loss + e * (lse - mean_x);
-    }
-    losses[r] = loss;
+    const A lse = row_log_sum_exp<A>(x, classes);
+    const A mean_x = e > 0 ? blocked_sum<A>(classes, [&](int64_t c) { return static_cast<A>(x[c]); }) / classes
+                           : A(0);  // only smoothing reads it
+    losses[r] = cross_entropy_loss(lse, static_cast<A>(x[t]), mean_x, e);
   }
 }
 
@@ -191,25 +191,10 @@ void cross_entropy_backward_typed(T* dlogits, const T* logits, const Idx* target
     }
     const T* x = logits + r * classes;
     const A g = grad_losses[r * grad_stride];
-    const A m = row_max<A>(x, classes);
-    const A lse = m + std::log(blocked_sum<A>(classes, [&](int64_t c) { return std::exp(static_cast<A>(x[c]) - m); }));
-    for (int64_t c = 0; c < classes; ++c) {
-      const A p = std::exp(static_cast<A>(x[c]) - lse);
-      d[c] = static_cast<T>(g * (p - (c == t ? 1 - e : A(0)) - off));
-    }
+    const A lse = row_log_sum_exp<A>(x, classes);
+    for (int64_t c = 0; c < classes; ++c)
+      d[c] = static_cast<T>(cross_entropy_grad(g, std::exp(static_cast<A>(x[c]) - lse), c == t, e, off));
   }
-}
-
-DType loss_dtype_for(DType logits) { return logits == DType::f64 ? DType::f64 : DType::f32; }
-
-void check_cross_entropy_args(const Tensor& logits, const Tensor& targets, const Tensor& per_row,
-                              const char* what) {
-  KILN_CHECK(logits.dim() == 2 && logits.is_contiguous() && targets.dim() == 1 &&
-                 targets.is_contiguous() && targets.size(0) == logits.size(0) &&
-                 per_row.dim() == 1 && per_row.size(0) == logits.size(0) &&
-                 per_row.dtype() == loss_dtype_for(logits.dtype()),
-             what, ": logits ", logits.meta_str(), ", targets ", targets.meta_str(), ", per-row ",
-             per_row.meta_str());
 }
 
 void cross_entropy_kernel(Tensor& losses, const Tensor& logits, const Tensor& targets,
@@ -232,10 +217,7 @@ void cross_entropy_kernel(Tensor& losses, const Tensor& logits, const Tensor& ta
 void cross_entropy_backward_kernel(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
                                    const Tensor& grad_losses, int64_t ignore_index,
                                    double label_smoothing) {
-  check_cross_entropy_args(logits, targets, grad_losses, "cross_entropy backward kernel");
-  KILN_CHECK(dlogits.is_contiguous() && dlogits.shape() == logits.shape() &&
-                 dlogits.dtype() == logits.dtype(),
-             "cross_entropy backward kernel: dlogits ", dlogits.meta_str());
+  check_cross_entropy_backward_args(dlogits, logits, targets, grad_losses);
   const int64_t rows = logits.size(0), classes = logits.size(1);
   KILN_DISPATCH_FLOATING(logits.dtype(), "cross_entropy backward", [&] {
     using T = scalar_t;

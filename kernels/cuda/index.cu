@@ -14,6 +14,7 @@
 #include "core/cuda_context.h"
 #include "core/dispatch/index.h"
 #include "core/elementwise_layout.h"  // kMaxDims
+#include "kernels/index_common.h"
 
 namespace kiln {
 namespace {
@@ -22,8 +23,11 @@ constexpr int kThreads = 256;
 
 // ---------------------------------------------------------------- the error flag
 // err[0]: set to 1 by the first thread that meets a bad index; err[1]: that index.
-__device__ __forceinline__ void report_bad_index(unsigned long long* err, int64_t v) {
+// True when 0 <= v < size; otherwise reports v, and the thread skips the element.
+__device__ __forceinline__ bool index_in_range(int64_t v, int64_t size, unsigned long long* err) {
+  if (v >= 0 && v < size) return true;
   if (atomicCAS(err, 0ull, 1ull) == 0ull) err[1] = static_cast<unsigned long long>(v);
+  return false;
 }
 
 class IndexErrorFlag {
@@ -38,9 +42,7 @@ class IndexErrorFlag {
     unsigned long long host[2] = {0, 0};
     KILN_CUDA_CHECK(cudaMemcpyAsync(host, ptr(), sizeof(host), cudaMemcpyDeviceToHost, stream_));
     KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    if (host[0] != 0)
-      KILN_FAIL(op, ": index ", static_cast<int64_t>(host[1]), " is out of range for dim ", dim,
-                " with size ", size);
+    if (host[0] != 0) fail_index_out_of_range(op, static_cast<int64_t>(host[1]), dim, size);
   }
 
  private:
@@ -63,44 +65,6 @@ __device__ __forceinline__ void atomic_add(BFloat16* p, BFloat16 v) {
   atomicAdd(reinterpret_cast<__nv_bfloat16*>(p), __ushort_as_bfloat16(v.bits));
 }
 
-// Runs f(T{}) with the element type of an accumulating op (floating, i32, i64).
-template <class F>
-void dispatch_addable(DType t, const char* op, F&& f) {
-  switch (t) {
-    case DType::f32:
-      return f(float{});
-    case DType::f64:
-      return f(double{});
-    case DType::f16:
-      return f(Half{});
-    case DType::bf16:
-      return f(BFloat16{});
-    case DType::i32:
-      return f(int32_t{});
-    case DType::i64:
-      return f(int64_t{});
-    default:
-      KILN_FAIL(op, ": unsupported dtype ", t);
-  }
-}
-
-// A contiguous tensor seen as [outer, size, inner] around `dim`.
-struct DimSplit {
-  int64_t outer = 1, size = 1, inner = 1;
-};
-
-DimSplit split_at(const Shape& shape, int64_t dim) {
-  DimSplit s;
-  for (int64_t d = 0; d < static_cast<int64_t>(shape.size()); ++d) {
-    if (d < dim)
-      s.outer *= shape[d];
-    else if (d > dim)
-      s.inner *= shape[d];
-  }
-  s.size = shape[dim];
-  return s;
-}
-
 // ---------------------------------------------------------------- index_select
 // Copies whole rows in `Word`s (up to 16 bytes: one vector load per thread), so one kernel
 // serves every dtype.
@@ -113,10 +77,7 @@ __global__ void index_select_kernel(Word* __restrict__ out, const Word* __restri
     const int64_t j = w / row_words, r = w - j * row_words;
     const int64_t o = j / n, i = j - o * n;
     const int64_t v = idx[i];
-    if (v < 0 || v >= size) {
-      report_bad_index(err, v);
-      continue;
-    }
+    if (!index_in_range(v, size, err)) continue;
     out[w] = in[(o * size + v) * row_words + r];
   }
 }
@@ -176,10 +137,7 @@ __global__ void index_add_kernel(T* __restrict__ self, const T* __restrict__ src
     const int64_t j = e / inner, r = e - j * inner;
     const int64_t o = j / n, i = j - o * n;
     const int64_t v = idx[i];
-    if (v < 0 || v >= size) {
-      report_bad_index(err, v);
-      continue;
-    }
+    if (!index_in_range(v, size, err)) continue;
     atomic_add(&self[(o * size + v) * inner + r], src[e]);
   }
 }
@@ -258,10 +216,7 @@ __global__ void gather_kernel(T* __restrict__ out, const T* __restrict__ in,
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
        e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t v = idx[e];
-    if (v < 0 || v >= size) {
-      report_bad_index(err, v);
-      continue;
-    }
+    if (!index_in_range(v, size, err)) continue;
     int64_t oin, unused, k;
     geometry_offsets(g, e, oin, unused, k);
     out[e] = in[oin + v * g.strides_a[g.dim]];
@@ -295,10 +250,7 @@ __global__ void scatter_add_kernel(T* __restrict__ self, const T* __restrict__ s
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
        e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t v = idx[e];
-    if (v < 0 || v >= size) {
-      report_bad_index(err, v);
-      continue;
-    }
+    if (!index_in_range(v, size, err)) continue;
     int64_t oself, osrc, k;
     geometry_offsets(g, e, oself, osrc, k);
     atomic_add(&self[oself + v * g.strides_a[g.dim]], src[osrc + k * g.strides_b[g.dim]]);

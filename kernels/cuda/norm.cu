@@ -3,8 +3,8 @@
 //   statistics, backward sums   one block per channel (grid-stride over channels). Each thread
 //                               accumulates a strided share of the channel's n * inner values;
 //                               warp shuffles and one shared-memory step then combine the
-//                               shares in a fixed order, so the result is the same on every
-//                               run (no atomics). Statistics take two passes over the channel,
+//                               shares in a fixed order (block_reduce.cuh), so the result is
+//                               the same on every run (no atomics). Statistics take two passes over the channel,
 //                               the mean first, then sum((x - mean)^2), so a large mean cannot
 //                               cancel the variance away as sum(x^2) - sum(x)^2 would.
 //   normalise, input gradient   one thread per element, grid-stride; the channel of element k
@@ -18,38 +18,18 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <initializer_list>
 
 #include "core/cuda_context.h"
 #include "core/dispatch/norm.h"
+#include "kernels/cuda/block_reduce.cuh"
+#include "kernels/norm_common.h"
 
 namespace kiln {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarp = 32;
+using cuda::kWarp;
 constexpr int64_t kMaxChannelBlocks = 1 << 16;  // grid-stride loops cover more channels
-
-// ------------------------------------------------------------------ reductions
-template <class A>
-__device__ __forceinline__ A warp_sum(A v) {
-#pragma unroll
-  for (int mask = kWarp / 2; mask > 0; mask >>= 1) v += __shfl_xor_sync(0xffffffffu, v, mask);
-  return v;
-}
-
-// The sum of v over the block (blockDim.x == kThreads); every thread gets it. `partials`
-// holds one value per warp.
-template <class A>
-__device__ A block_sum(A v, A* partials) {
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  v = warp_sum(v);
-  __syncthreads();  // readers of the previous call's partials are done
-  if (lane == 0) partials[warp] = v;
-  __syncthreads();
-  v = lane < kThreads / kWarp ? partials[lane] : A(0);
-  return warp_sum(v);
-}
 
 // Visits the values of one channel in the order j = start, start + stride, ... where value j
 // is element j % inner of run j / inner; carries the quotient and remainder along instead of
@@ -87,13 +67,13 @@ __global__ void __launch_bounds__(kThreads)
     A sum = 0;
     for (ChannelWalk w(threadIdx.x, blockDim.x, g.inner); w.run < g.n; w.next())
       sum += static_cast<A>(x[w.at(c, g.channels)]);
-    const A m = block_sum(sum, partials) / count;
+    const A m = cuda::block_reduce_sum(sum, partials) / count;
     A sq = 0;
     for (ChannelWalk w(threadIdx.x, blockDim.x, g.inner); w.run < g.n; w.next()) {
       const A d = static_cast<A>(x[w.at(c, g.channels)]) - m;
       sq += d * d;
     }
-    sq = block_sum(sq, partials);
+    sq = cuda::block_reduce_sum(sq, partials);
     if (threadIdx.x == 0) {
       mean[c] = m;
       var[c] = sq / count;
@@ -117,8 +97,8 @@ __global__ void __launch_bounds__(kThreads)
       s += d;
       sx += d * (static_cast<A>(x[idx]) - m);
     }
-    s = block_sum(s, partials);
-    sx = block_sum(sx, partials);
+    s = cuda::block_reduce_sum(s, partials);
+    sx = cuda::block_reduce_sum(sx, partials);
     if (threadIdx.x == 0) {
       sum_dy[c] = s;
       sum_dy_xmu[c] = sx;
@@ -168,28 +148,6 @@ __global__ void backward_input_kernel(T* __restrict__ dx, const T* __restrict__ 
 }
 
 // ------------------------------------------------------------------ launchers
-template <class A>
-const A* data_or_null(const Tensor& t) {
-  return t.defined() ? static_cast<const A*>(t.data_ptr()) : nullptr;
-}
-
-DType acc_of(DType t) { return t == DType::f64 ? DType::f64 : DType::f32; }
-
-void check_input(const Tensor& x, NormGeometry g, const char* what) {
-  KILN_CHECK(x.is_contiguous() && x.numel() == g.n * g.channels * g.inner, what, ": input ",
-             x.meta_str(), " is not a contiguous [", g.n, ", ", g.channels, ", ", g.inner, "]");
-}
-
-void check_per_channel(std::initializer_list<const Tensor*> ts, const Tensor& x, NormGeometry g,
-                       const char* what) {
-  for (const Tensor* t : ts) {
-    KILN_CHECK(!t->defined() || (t->is_contiguous() && t->dtype() == acc_of(x.dtype()) &&
-                                 t->numel() == g.channels && t->device() == x.device()),
-               what, ": per-channel tensor ", t->meta_str(), " (expected contiguous ",
-               acc_of(x.dtype()), "[", g.channels, "] on ", x.device(), ")");
-  }
-}
-
 unsigned channel_blocks(NormGeometry g) {
   return static_cast<unsigned>(std::clamp<int64_t>(g.channels, 1, kMaxChannelBlocks));
 }
@@ -205,7 +163,7 @@ void with_index_type(int64_t total, F&& f) {
 
 void stats_cuda(Tensor& mean, Tensor& var, const Tensor& x, NormGeometry g) {
   const char* what = "batch_norm_stats kernel";
-  check_input(x, g, what);
+  check_norm_input(x, g, what);
   check_per_channel({&mean, &var}, x, g, what);
   KILN_CHECK(mean.defined() && var.defined(), what, ": mean and var must be allocated");
   if (g.channels == 0) return;
@@ -223,8 +181,8 @@ void stats_cuda(Tensor& mean, Tensor& var, const Tensor& x, NormGeometry g) {
 void apply_cuda(Tensor& y, const Tensor& x, const Tensor& mean, const Tensor& invstd,
                 const Tensor& weight, const Tensor& bias, NormGeometry g) {
   const char* what = "batch_norm_apply kernel";
-  check_input(x, g, what);
-  check_input(y, g, what);
+  check_norm_input(x, g, what);
+  check_norm_input(y, g, what);
   KILN_CHECK(y.dtype() == x.dtype() && y.device() == x.device(), what, ": ", x.meta_str(), " -> ",
              y.meta_str());
   check_per_channel({&mean, &invstd, &weight, &bias}, x, g, what);
@@ -249,8 +207,8 @@ void apply_cuda(Tensor& y, const Tensor& x, const Tensor& mean, const Tensor& in
 void backward_reduce_cuda(Tensor& sum_dy, Tensor& sum_dy_xmu, const Tensor& dy, const Tensor& x,
                           const Tensor& mean, NormGeometry g) {
   const char* what = "batch_norm_backward_reduce kernel";
-  check_input(x, g, what);
-  check_input(dy, g, what);
+  check_norm_input(x, g, what);
+  check_norm_input(dy, g, what);
   KILN_CHECK(dy.dtype() == x.dtype() && dy.device() == x.device(), what, ": dy ", dy.meta_str(),
              ", x ", x.meta_str());
   check_per_channel({&sum_dy, &sum_dy_xmu, &mean}, x, g, what);
@@ -273,9 +231,9 @@ void backward_input_cuda(Tensor& dx, const Tensor& dy, const Tensor& x, const Te
                          const Tensor& invstd, const Tensor& weight, const Tensor& sum_dy,
                          const Tensor& sum_dy_xmu, NormGeometry g) {
   const char* what = "batch_norm_backward_input kernel";
-  check_input(x, g, what);
-  check_input(dy, g, what);
-  check_input(dx, g, what);
+  check_norm_input(x, g, what);
+  check_norm_input(dy, g, what);
+  check_norm_input(dx, g, what);
   KILN_CHECK(dy.dtype() == x.dtype() && dx.dtype() == x.dtype() && dy.device() == x.device() &&
                  dx.device() == x.device(),
              what, ": dy ", dy.meta_str(), ", x ", x.meta_str(), " -> dx ", dx.meta_str());

@@ -250,3 +250,5 @@ KILN_REGISTER_KERNEL(adaptive_avg_pool2d_stub, CUDA, &adaptive_avg_pool2d_cuda);
 KILN_REGISTER_KERNEL(adaptive_avg_pool2d_backward_stub, CUDA, &adaptive_avg_pool2d_backward_cuda);
 
 }  // namespace kiln
+
+#undef KILN_GRID_STRIDE

@@ -12,21 +12,31 @@
 //                               combines it; when that leaves the GPU idle, grid.z splits the
 //                               range further and a second column pass folds the parts.
 // No atomics anywhere: the split points depend only on the shape, so results are bitwise
-// reproducible. The ops are the CPU kernel's accumulators (identity, load, combine).
+// reproducible. The ops are the CPU kernel's accumulators (kernels/reduce_ops.h).
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 #include <type_traits>
 
 #include "core/cuda_context.h"
 #include "core/dispatch/reduce.h"
+#include "kernels/cuda/block_reduce.cuh"
+#include "kernels/reduce_ops.h"
 
 namespace kiln {
+
+// Moves both fields of an argmax/argmin accumulator between lanes, for block_reduce.cuh. It
+// sits beside ValueIndex in namespace kiln, not in the unnamed namespace below, so that
+// argument-dependent lookup finds it.
+template <class V>
+__device__ __forceinline__ ValueIndex<V> shfl_xor(ValueIndex<V> v, int mask) {
+  return {cuda::shfl_xor(v.value, mask), cuda::shfl_xor(v.index, mask)};
+}
+
 namespace {
 
-constexpr int kWarp = 32;
+using cuda::kWarp;
 constexpr int64_t kWarpRowMax = 1024;        // rows up to this long get one warp each
 constexpr int64_t kSplitRowMin = 1 << 16;    // rows from this long may be split...
 constexpr int64_t kSplitMaxRows = 64;        // ...when there are this few of them
@@ -34,94 +44,9 @@ constexpr int64_t kElementsPerPart = 1 << 14;
 constexpr int64_t kMaxParts = 1024;          // pass 2 folds them with one warp per row
 constexpr int64_t kMaxBlocks = 1 << 20;      // grid-stride loops cover the rest
 
-// f32 for the 16-bit floats and f32, f64 for f64, i64 for integers.
-template <class T>
-using acc_t = std::conditional_t<std::is_floating_point_v<opmath_t<T>>, opmath_t<T>, int64_t>;
-
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-template <class V>
-__device__ __forceinline__ bool is_nan(V v) {
-  return v != v;  // never true for integers
-}
-
-// Identities of max and min: infinities for floats (so a row of -inf still has a max).
-template <class V>
-__device__ __forceinline__ V lowest_value() {
-  if constexpr (std::is_floating_point_v<V>) return -std::numeric_limits<V>::infinity();
-  else return std::numeric_limits<V>::lowest();
-}
-template <class V>
-__device__ __forceinline__ V highest_value() {
-  if constexpr (std::is_floating_point_v<V>) return std::numeric_limits<V>::infinity();
-  else return std::numeric_limits<V>::max();
-}
-
-template <class V>
-struct ValueIndex {
-  V value;
-  int64_t index;
-};
-
 // ------------------------------------------------------------------------ ops
-template <class T>
-struct SumOp {
-  using Acc = acc_t<T>;
-  __device__ Acc identity() const { return Acc(0); }
-  __device__ Acc load(T x, int64_t, int64_t) const { return static_cast<Acc>(x); }
-  __device__ Acc combine(Acc a, Acc b) const { return a + b; }
-};
-
-// Squared deviation from a per-output mean: pass two of a two-pass variance.
-template <class T>
-struct SquaredDeviationOp {
-  using Acc = acc_t<T>;
-  const Acc* mean;
-  __device__ Acc identity() const { return Acc(0); }
-  __device__ Acc load(T x, int64_t, int64_t j) const {
-    const Acc d = static_cast<Acc>(x) - mean[j];
-    return d * d;
-  }
-  __device__ Acc combine(Acc a, Acc b) const { return a + b; }
-};
-
-// max or min; NaN wins, as in PyTorch.
-template <class T>
-struct ExtremeOp {
-  using Acc = acc_t<T>;
-  bool take_max;
-  __device__ Acc identity() const {
-    return take_max ? lowest_value<Acc>() : highest_value<Acc>();
-  }
-  __device__ Acc load(T x, int64_t, int64_t) const { return static_cast<Acc>(x); }
-  __device__ Acc combine(Acc a, Acc b) const {
-    if (is_nan(a)) return a;
-    if (is_nan(b)) return b;
-    return (take_max ? b > a : b < a) ? b : a;
-  }
-};
-
-// argmax or argmin: the first index of the extreme value (NaN counts as the extreme). The
-// tie rule compares indices, so the order partial results meet in does not matter.
-template <class T>
-struct ArgExtremeOp {
-  using V = acc_t<T>;
-  using Acc = ValueIndex<V>;
-  bool take_max;
-  __device__ Acc identity() const {
-    return {take_max ? lowest_value<V>() : highest_value<V>(), std::numeric_limits<int64_t>::max()};
-  }
-  __device__ Acc load(T x, int64_t r, int64_t) const { return {static_cast<V>(x), r}; }
-  __device__ Acc combine(Acc a, Acc b) const {
-    bool take_b;
-    if (is_nan(a.value)) take_b = is_nan(b.value) && b.index < a.index;
-    else if (is_nan(b.value)) take_b = true;
-    else if (b.value == a.value) take_b = b.index < a.index;
-    else take_b = take_max ? b.value > a.value : b.value < a.value;
-    return take_b ? b : a;
-  }
-};
-
 // Folds partial results of `Op` (pass two of a split reduction).
 template <class Op>
 struct PartialsOp {
@@ -133,20 +58,6 @@ struct PartialsOp {
 };
 
 // ------------------------------------------------------------------------ finishers
-// Stores acc / divisor: 1 for sum, max and min, n for mean, n - correction for var.
-template <class Out, class Acc>
-struct StoreDivided {
-  Out* out;
-  Acc divisor;
-  __device__ void operator()(int64_t j, Acc a) const { out[j] = static_cast<Out>(a / divisor); }
-};
-
-struct StoreIndex {
-  int64_t* out;
-  template <class Acc>
-  __device__ void operator()(int64_t j, const Acc& a) const { out[j] = a.index; }
-};
-
 template <class Acc>
 struct StorePartial {
   Acc* out;
@@ -154,38 +65,13 @@ struct StorePartial {
 };
 
 // ------------------------------------------------------------------------ building blocks
-template <class V>
-__device__ __forceinline__ V shfl_xor(V v, int mask) {
-  return __shfl_xor_sync(0xffffffffu, v, mask);
-}
-template <class V>
-__device__ __forceinline__ ValueIndex<V> shfl_xor(ValueIndex<V> v, int mask) {
-  return {shfl_xor(v.value, mask), shfl_xor(v.index, mask)};
-}
-
-// Every lane ends with the warp's result.
-template <class Op, class Acc>
-__device__ Acc warp_reduce(const Op& op, Acc v) {
-#pragma unroll
-  for (int mask = kWarp / 2; mask > 0; mask >>= 1) v = op.combine(v, shfl_xor(v, mask));
-  return v;
-}
-
-// The block's result, valid in thread 0. blockDim.x is a multiple of 32; every thread calls.
-template <class Op, class Acc>
-__device__ Acc block_reduce(const Op& op, Acc v) {
-  __shared__ Acc warp_results[kWarp];
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  v = warp_reduce(op, v);
-  if (lane == 0) warp_results[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < blockDim.x / kWarp ? warp_results[lane] : op.identity();
-    v = warp_reduce(op, v);
-  }
-  __syncthreads();  // warp_results is reused by the next row
-  return v;
-}
+// op.combine as the function block_reduce.cuh folds with.
+template <class Op>
+struct CombineOf {
+  Op op;
+  template <class Acc>
+  __device__ __forceinline__ Acc operator()(const Acc& a, const Acc& b) const { return op.combine(a, b); }
+};
 
 template <class T, int N>
 struct alignas(sizeof(T) * N) Vec {
@@ -219,7 +105,7 @@ __global__ void reduce_rows_warp_kernel(Op op, Finish finish, const T* __restric
   const int64_t warps = blockDim.x / kWarp;
   for (int64_t row = blockIdx.x * warps + threadIdx.x / kWarp; row < rows; row += gridDim.x * warps) {
     auto acc = thread_reduce<1>(op, in + row * reduced, reduced, lane, kWarp, row);
-    acc = warp_reduce(op, acc);
+    acc = cuda::warp_reduce(acc, CombineOf<Op>{op});
     if (lane == 0) finish(row, acc);
   }
 }
@@ -227,9 +113,10 @@ __global__ void reduce_rows_warp_kernel(Op op, Finish finish, const T* __restric
 template <int kVec, class T, class Op, class Finish>
 __global__ void reduce_rows_block_kernel(Op op, Finish finish, const T* __restrict__ in,
                                          int64_t rows, int64_t reduced) {
+  __shared__ typename Op::Acc scratch[kWarp];
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     auto acc = thread_reduce<kVec>(op, in + row * reduced, reduced, threadIdx.x, blockDim.x, row);
-    acc = block_reduce(op, acc);
+    acc = cuda::block_reduce(acc, CombineOf<Op>{op}, op.identity(), scratch);
     if (threadIdx.x == 0) finish(row, acc);
   }
 }
@@ -239,11 +126,12 @@ __global__ void reduce_rows_block_kernel(Op op, Finish finish, const T* __restri
 template <int kVec, class T, class Op>
 __global__ void reduce_rows_partial_kernel(Op op, const T* __restrict__ in, int64_t reduced,
                                            typename Op::Acc* __restrict__ partials) {
+  __shared__ typename Op::Acc scratch[kWarp];
   const int64_t row = blockIdx.y;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t nthreads = static_cast<int64_t>(gridDim.x) * blockDim.x;
   auto acc = thread_reduce<kVec>(op, in + row * reduced, reduced, tid, nthreads, row);
-  acc = block_reduce(op, acc);
+  acc = cuda::block_reduce(acc, CombineOf<Op>{op}, op.identity(), scratch);
   if (threadIdx.x == 0) partials[row * gridDim.x + blockIdx.x] = acc;
 }
 

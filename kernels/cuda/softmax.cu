@@ -19,11 +19,13 @@
 
 #include "core/cuda_context.h"
 #include "core/dispatch/softmax.h"
+#include "kernels/cuda/block_reduce.cuh"
+#include "kernels/softmax_common.h"
 
 namespace kiln {
 namespace {
 
-constexpr int kWarp = 32;
+using cuda::kWarp;
 constexpr int kWarpRowMax = 1024;        // classes up to this get one warp per row
 constexpr int kWarpsPerBlock = 4;
 constexpr int64_t kMaxBlocks = 1 << 20;  // grid-stride loops cover the rest
@@ -88,51 +90,10 @@ struct MergeStats {
   }
 };
 
-struct Add {
-  template <class A>
-  __device__ A operator()(A a, A b) const { return a + b; }
-};
-
-struct Max {
-  template <class A>
-  __device__ A operator()(A a, A b) const { return a > b ? a : b; }
-};
-
-template <class A>
-__device__ __forceinline__ A shfl_xor(A v, int mask) {
-  return __shfl_xor_sync(0xffffffffu, v, mask);
-}
+// Moves all three fields between lanes, for the warp and block reductions of block_reduce.cuh.
 template <class A>
 __device__ __forceinline__ RowStats<A> shfl_xor(RowStats<A> v, int mask) {
-  return {shfl_xor(v.max, mask), shfl_xor(v.sum_exp, mask), shfl_xor(v.sum, mask)};
-}
-
-// Every lane ends with the warp's result.
-template <class V, class F>
-__device__ __forceinline__ V warp_all_reduce(V v, F combine) {
-#pragma unroll
-  for (int mask = kWarp / 2; mask > 0; mask >>= 1) v = combine(v, shfl_xor(v, mask));
-  return v;
-}
-
-// Every thread ends with the block's result. blockDim.x is a multiple of 32.
-template <class V, class F>
-__device__ V block_all_reduce(V v, F combine, V identity) {
-  __shared__ V warp_results[kWarp];
-  __shared__ V result;
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  v = warp_all_reduce(v, combine);
-  if (lane == 0) warp_results[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < blockDim.x / kWarp ? warp_results[lane] : identity;
-    v = warp_all_reduce(v, combine);
-    if (lane == 0) result = v;
-  }
-  __syncthreads();
-  v = result;
-  __syncthreads();  // the shared slots are reused by the block's next row
-  return v;
+  return {cuda::shfl_xor(v.max, mask), cuda::shfl_xor(v.sum_exp, mask), cuda::shfl_xor(v.sum, mask)};
 }
 
 // ------------------------------------------------------------------ vector access
@@ -185,12 +146,12 @@ __global__ void softmax_warp_kernel(T* __restrict__ out, const T* __restrict__ i
       v[k] = c < classes ? static_cast<A>(x[c]) : neg_inf<A>();
       m = v[k] > m ? v[k] : m;
     }
-    m = warp_all_reduce(m, Max{});
+    m = cuda::warp_reduce_max(m);
     A s = 0;
 #pragma unroll
     for (int k = 0; k < kPerLane; ++k)
       if (lane + k * kWarp < classes) s += exp_(v[k] - m);
-    s = warp_all_reduce(s, Add{});
+    s = cuda::warp_reduce_sum(s);
     const A log_s = log_(s);
 #pragma unroll
     for (int k = 0; k < kPerLane; ++k) {
@@ -204,6 +165,7 @@ template <class T, int kVec, bool kLog>
 __global__ void softmax_block_kernel(T* __restrict__ out, const T* __restrict__ in, int64_t rows,
                                      int64_t classes) {
   using A = opmath_t<T>;
+  __shared__ RowStats<A> scratch[kWarp];
   const int64_t nvec = classes / kVec;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const T* x = in + row * classes;
@@ -215,7 +177,7 @@ __global__ void softmax_block_kernel(T* __restrict__ out, const T* __restrict__ 
 #pragma unroll
       for (int k = 0; k < kVec; ++k) add_value(st, v[k]);
     }
-    st = block_all_reduce(st, MergeStats{}, empty_stats<A>());
+    st = cuda::block_reduce(st, MergeStats{}, empty_stats<A>(), scratch);
     const A log_s = log_(st.sum_exp);
     for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
       A v[kVec];
@@ -273,7 +235,7 @@ __global__ void softmax_backward_warp_kernel(T* __restrict__ gi, const T* __rest
       y[k] = c < classes ? static_cast<A>(out[base + c]) : A(0);
       dot += dot_term<A, kLog>(g[k], y[k]);
     }
-    dot = warp_all_reduce(dot, Add{});
+    dot = cuda::warp_reduce_sum(dot);
 #pragma unroll
     for (int k = 0; k < kPerLane; ++k) {
       const int c = lane + k * kWarp;
@@ -286,6 +248,7 @@ template <class T, int kVec, bool kLog>
 __global__ void softmax_backward_block_kernel(T* __restrict__ gi, const T* __restrict__ go,
                                               const T* __restrict__ out, int64_t rows, int64_t classes) {
   using A = opmath_t<T>;
+  __shared__ A scratch[kWarp];
   const int64_t nvec = classes / kVec;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t base = row * classes;
@@ -297,7 +260,7 @@ __global__ void softmax_backward_block_kernel(T* __restrict__ gi, const T* __res
 #pragma unroll
       for (int k = 0; k < kVec; ++k) dot += dot_term<A, kLog>(g[k], y[k]);
     }
-    dot = block_all_reduce(dot, Add{}, A(0));
+    dot = cuda::block_reduce_sum(dot, scratch);
     for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
       A g[kVec], y[kVec];
       load_vec<kVec>(go + base, i, g);
@@ -335,6 +298,7 @@ __global__ void cross_entropy_kernel(opmath_t<T>* __restrict__ losses, const T* 
                                      const Idx* __restrict__ targets, int64_t rows, int64_t classes,
                                      int64_t ignore_index, opmath_t<T> smoothing) {
   using A = opmath_t<T>;
+  __shared__ RowStats<A> scratch[kWarp];
   const int64_t nvec = classes / kVec;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t t = static_cast<int64_t>(targets[row]);
@@ -351,13 +315,11 @@ __global__ void cross_entropy_kernel(opmath_t<T>* __restrict__ losses, const T* 
 #pragma unroll
       for (int k = 0; k < kVec; ++k) add_value(st, v[k]);
     }
-    st = block_all_reduce(st, MergeStats{}, empty_stats<A>());
+    st = cuda::block_reduce(st, MergeStats{}, empty_stats<A>(), scratch);
     if (threadIdx.x == 0) {
       const A lse = st.max + log_(st.sum_exp);
-      const A nll = lse - static_cast<A>(x[t]);
-      losses[row] = smoothing > A(0)
-                        ? (A(1) - smoothing) * nll + smoothing * (lse - st.sum / static_cast<A>(classes))
-                        : nll;
+      const A mean_x = st.sum / static_cast<A>(classes);
+      losses[row] = cross_entropy_loss(lse, static_cast<A>(x[t]), mean_x, smoothing);
     }
   }
 }
@@ -370,8 +332,9 @@ __global__ void cross_entropy_backward_kernel(T* __restrict__ dlogits, const T* 
                                               int64_t grad_stride, int64_t rows, int64_t classes,
                                               int64_t ignore_index, opmath_t<T> smoothing) {
   using A = opmath_t<T>;
+  __shared__ RowStats<A> scratch[kWarp];
   const int64_t nvec = classes / kVec;
-  const A off = smoothing / static_cast<A>(classes), on = A(1) - smoothing;
+  const A off = smoothing / static_cast<A>(classes);
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t t = static_cast<int64_t>(targets[row]);
     const T* x = logits + row * classes;
@@ -390,17 +353,15 @@ __global__ void cross_entropy_backward_kernel(T* __restrict__ dlogits, const T* 
 #pragma unroll
       for (int k = 0; k < kVec; ++k) add_value(st, v[k]);
     }
-    st = block_all_reduce(st, MergeStats{}, empty_stats<A>());
+    st = cuda::block_reduce(st, MergeStats{}, empty_stats<A>(), scratch);
     const A lse = st.max + log_(st.sum_exp);
     const A g = grad_losses[row * grad_stride];
     for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
       A v[kVec];
       load_vec<kVec>(x, i, v);
 #pragma unroll
-      for (int k = 0; k < kVec; ++k) {
-        const int64_t c = i * kVec + k;
-        v[k] = g * (exp_(v[k] - lse) - (c == t ? on : A(0)) - off);
-      }
+      for (int k = 0; k < kVec; ++k)
+        v[k] = cross_entropy_grad(g, exp_(v[k] - lse), i * kVec + k == t, smoothing, off);
       store_vec<kVec>(d, i, v);
     }
   }
@@ -472,8 +433,7 @@ void launch_softmax_backward(T* gi, const T* go, const T* y, int64_t outer, int6
 
 void softmax_cuda(Tensor& out, const Tensor& in, int64_t outer, int64_t classes, int64_t inner,
                   bool log) {
-  KILN_CHECK(in.is_contiguous() && out.is_contiguous() && in.dtype() == out.dtype(),
-             "softmax kernel: ", in.meta_str(), " -> ", out.meta_str());
+  check_softmax_args(out, in);
   if (out.numel() == 0) return;
   cuda::DeviceGuard guard(in.device().index);
   KILN_DISPATCH_FLOATING(in.dtype(), "softmax", [&] {
@@ -486,10 +446,7 @@ void softmax_cuda(Tensor& out, const Tensor& in, int64_t outer, int64_t classes,
 
 void softmax_backward_cuda(Tensor& grad_in, const Tensor& grad_out, const Tensor& out,
                            int64_t outer, int64_t classes, int64_t inner, bool log) {
-  KILN_CHECK(grad_in.is_contiguous() && grad_out.is_contiguous() && out.is_contiguous() &&
-                 grad_out.dtype() == out.dtype() && grad_in.dtype() == out.dtype(),
-             "softmax backward kernel: ", grad_out.meta_str(), ", ", out.meta_str(), " -> ",
-             grad_in.meta_str());
+  check_softmax_backward_args(grad_in, grad_out, out);
   if (grad_in.numel() == 0) return;
   cuda::DeviceGuard guard(out.device().index);
   KILN_DISPATCH_FLOATING(out.dtype(), "softmax backward", [&] {
@@ -499,18 +456,6 @@ void softmax_backward_cuda(Tensor& grad_in, const Tensor& grad_out, const Tensor
     if (log) launch_softmax_backward<scalar_t, true>(gi, go, y, outer, classes, inner);
     else launch_softmax_backward<scalar_t, false>(gi, go, y, outer, classes, inner);
   });
-}
-
-DType loss_dtype_for(DType logits) { return logits == DType::f64 ? DType::f64 : DType::f32; }
-
-void check_cross_entropy_args(const Tensor& logits, const Tensor& targets, const Tensor& per_row,
-                              const char* what) {
-  KILN_CHECK(logits.dim() == 2 && logits.is_contiguous() && targets.dim() == 1 &&
-                 targets.is_contiguous() && targets.size(0) == logits.size(0) &&
-                 per_row.dim() == 1 && per_row.size(0) == logits.size(0) &&
-                 per_row.dtype() == loss_dtype_for(logits.dtype()),
-             what, ": logits ", logits.meta_str(), ", targets ", targets.meta_str(), ", per-row ",
-             per_row.meta_str());
 }
 
 void cross_entropy_cuda(Tensor& losses, const Tensor& logits, const Tensor& targets,
@@ -541,10 +486,7 @@ void cross_entropy_cuda(Tensor& losses, const Tensor& logits, const Tensor& targ
 void cross_entropy_backward_cuda(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
                                  const Tensor& grad_losses, int64_t ignore_index,
                                  double label_smoothing) {
-  check_cross_entropy_args(logits, targets, grad_losses, "cross_entropy backward kernel");
-  KILN_CHECK(dlogits.is_contiguous() && dlogits.shape() == logits.shape() &&
-                 dlogits.dtype() == logits.dtype(),
-             "cross_entropy backward kernel: dlogits ", dlogits.meta_str());
+  check_cross_entropy_backward_args(dlogits, logits, targets, grad_losses);
   const int64_t rows = logits.size(0), classes = logits.size(1);
   if (rows == 0) return;
   cuda::DeviceGuard guard(logits.device().index);
