@@ -63,6 +63,16 @@ int64_t parse_int(const std::string& text, const std::string& what) {
   return v;
 }
 
+// The shortest text that reads back as the same double: 0.0003, not 0.00029999999999999997.
+std::string shortest(double v) {
+  char buf[32];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  std::string s(buf, end);
+  // Keep it a float to YAML readers: "1" -> "1.0" ("1e-08" already is one).
+  if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
+  return s;
+}
+
 std::string join(const std::vector<std::string>& items) {
   std::string s;
   for (const auto& i : items) s += (s.empty() ? "" : ", ") + i;
@@ -275,7 +285,7 @@ std::string Config::to_yaml() const {
     out << YAML::Key << parts.back() << YAML::Value;
     const ConfigValue& v = values_.at(k.path);
     if (const auto* i = std::get_if<int64_t>(&v)) out << *i;
-    else if (const auto* f = std::get_if<double>(&v)) out << *f;
+    else if (const auto* f = std::get_if<double>(&v)) out << shortest(*f);
     else if (const auto* b = std::get_if<bool>(&v)) out << *b;
     else if (const auto* s = std::get_if<std::string>(&v)) out << *s;
     else out << YAML::Flow << std::get<std::vector<int64_t>>(v);

@@ -178,6 +178,8 @@ TrainSummary train(const Config& cfg) {
   const Device device = resolve_device(cfg.get_string("device"));
   const int64_t total_steps = cfg.get_int("train.steps");
   const uint64_t seed = static_cast<uint64_t>(cfg.get_int("train.seed"));
+  // Checked before anything is written: bad schedule options leave no run directory behind.
+  auto schedule = make_schedule_from(cfg);
 
   // Run directory: a fresh one, or the one named by log.run_dir (what resume uses).
   std::string name = cfg.get_string("log.name");
@@ -199,7 +201,6 @@ TrainSummary train(const Config& cfg) {
   auto model = models::make_model(model_spec(cfg, train_set->sample_shape()));
   model->to(device);
   auto optimizer = make_optimizer_from(cfg, *model);
-  auto schedule = make_schedule_from(cfg);
 
   int64_t step = 0;
   if (auto ckpt = resume_point(cfg.get_string("train.resume"), run_dir)) {
@@ -286,9 +287,13 @@ TrainSummary train(const Config& cfg) {
       json values = {{"train/loss", mean_loss}, {"train/lr", lr}, {"train/samples_per_s", samples_per_s}};
       if (grad_norm >= 0) values["train/grad_norm"] = grad_norm;
       record(step, values);
-      if (progress.is_tty()) progress.draw(step, mean_loss, lr, samples_per_s);
-      else log.line(progress.status(step, mean_loss, lr, samples_per_s));
-      log.file_only(progress.status(step, mean_loss, lr, samples_per_s));
+      if (tb) tb->flush();  // TensorBoard shows points as they come
+      if (progress.is_tty()) {
+        progress.draw(step, mean_loss, lr, samples_per_s);
+        log.file_only(progress.status(step, mean_loss, lr, samples_per_s));
+      } else {
+        log.line(progress.status(step, mean_loss, lr, samples_per_s));
+      }
       window_loss = Tensor();
       window_steps = window_samples = 0;
       window_start = std::chrono::steady_clock::now();
