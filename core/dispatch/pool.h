@@ -38,6 +38,40 @@ KILN_HOST_DEVICE inline int64_t adaptive_end(int64_t o, int64_t in, int64_t out)
   return ((o + 1) * in + out - 1) / out;
 }
 
+// The windows of the two averaging pools, so one CPU loop and one CUDA kernel serve both:
+// output (oh, ow) sums the input rows row(oh) by the columns col(ow) and divides by the
+// product of their counts.
+struct AvgSpan {
+  int64_t start, end;  // the input indices read
+  int64_t count;       // this dim's factor of the divisor
+};
+
+// avg_pool2d: counts include the padding when count_include_pad.
+struct AvgPoolWindows {
+  Pool2dGeometry g;
+  bool count_include_pad;
+  KILN_HOST_DEVICE AvgSpan row(int64_t oh) const {
+    return span(pool_window(oh, g.stride_h, g.pad_h, g.kernel_h, g.in_h));
+  }
+  KILN_HOST_DEVICE AvgSpan col(int64_t ow) const {
+    return span(pool_window(ow, g.stride_w, g.pad_w, g.kernel_w, g.in_w));
+  }
+  KILN_HOST_DEVICE AvgSpan span(const PoolWindow& w) const {
+    return {w.start, w.end, count_include_pad ? w.padded_size : w.end - w.start};
+  }
+};
+
+// adaptive_avg_pool2d: see adaptive_start and adaptive_end.
+struct AdaptiveAvgWindows {
+  Pool2dGeometry g;
+  KILN_HOST_DEVICE AvgSpan row(int64_t oh) const { return span(oh, g.in_h, g.out_h); }
+  KILN_HOST_DEVICE AvgSpan col(int64_t ow) const { return span(ow, g.in_w, g.out_w); }
+  KILN_HOST_DEVICE static AvgSpan span(int64_t o, int64_t in, int64_t out) {
+    const int64_t start = adaptive_start(o, in, out), end = adaptive_end(o, in, out);
+    return {start, end, end - start};
+  }
+};
+
 // out [planes, OH, OW] and indices (i64, the argmax as h*W + w within its plane). NaN wins
 // over numbers, and among equal values the first in row-major order wins, as in PyTorch.
 extern DispatchStub<void(Tensor& out, Tensor& indices, const Tensor& input, const Pool2dGeometry& g)>

@@ -183,8 +183,25 @@ void conv2d_backward_weight_typed(T* dw, const T* dy, const T* x, const Conv2dGe
   }
 }
 
+// 16-bit floats compute in f32: `compute` fills an f32 output (from to_f32 inputs), which is
+// then rounded once into `out`.
 bool is_16bit(DType t) { return t == DType::f16 || t == DType::bf16; }
 Tensor to_f32(const Tensor& t) { return t.defined() ? t.to(DType::f32) : t; }
+
+template <class F>
+void via_f32(Tensor& out, F&& compute) {
+  Tensor out32 = Tensor::empty(out.shape(), {.dtype = DType::f32});
+  compute(out32);
+  out.copy_(out32);
+}
+
+// f(float{}) or f(double{}), the types the gemm-based kernels run in.
+template <class F>
+void with_f32_or_f64(DType dtype, const char* what, F&& f) {
+  KILN_DISPATCH_FLOATING(dtype, what, [&] {
+    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) f(scalar_t{});
+  });
+}
 
 void check_kernel_args(const char* what, std::initializer_list<const Tensor*> ts) {
   const DType dtype = (*ts.begin())->dtype();
@@ -198,16 +215,14 @@ void conv2d_cpu(Tensor& out, const Tensor& input, const Tensor& weight, const Te
                 const Conv2dGeometry& g) {
   check_kernel_args("conv2d kernel", {&out, &input, &weight, &bias});
   if (is_16bit(out.dtype())) {
-    Tensor out32 = Tensor::empty(out.shape(), {.dtype = DType::f32});
-    conv2d_cpu(out32, to_f32(input), to_f32(weight), to_f32(bias), g);
-    out.copy_(out32);
-    return;
+    return via_f32(out, [&](Tensor& out32) {
+      conv2d_cpu(out32, to_f32(input), to_f32(weight), to_f32(bias), g);
+    });
   }
-  KILN_DISPATCH_FLOATING(out.dtype(), "conv2d", [&] {
-    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
-      conv2d_forward_typed(out.data<scalar_t>(), input.data<scalar_t>(), weight.data<scalar_t>(),
-                           bias.defined() ? bias.data<scalar_t>() : nullptr, g);
-    }
+  with_f32_or_f64(out.dtype(), "conv2d", [&](auto tag) {
+    using T = decltype(tag);
+    const T* b = bias.defined() ? bias.data<T>() : nullptr;
+    conv2d_forward_typed(out.data<T>(), input.data<T>(), weight.data<T>(), b, g);
   });
 }
 
@@ -215,16 +230,13 @@ void conv2d_backward_input_cpu(Tensor& grad_input, const Tensor& grad_out, const
                                const Conv2dGeometry& g) {
   check_kernel_args("conv2d backward kernel", {&grad_input, &grad_out, &weight});
   if (is_16bit(grad_input.dtype())) {
-    Tensor dx32 = Tensor::empty(grad_input.shape(), {.dtype = DType::f32});
-    conv2d_backward_input_cpu(dx32, to_f32(grad_out), to_f32(weight), g);
-    grad_input.copy_(dx32);
-    return;
+    return via_f32(grad_input, [&](Tensor& dx32) {
+      conv2d_backward_input_cpu(dx32, to_f32(grad_out), to_f32(weight), g);
+    });
   }
-  KILN_DISPATCH_FLOATING(grad_input.dtype(), "conv2d backward", [&] {
-    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
-      conv2d_backward_input_typed(grad_input.data<scalar_t>(), grad_out.data<scalar_t>(),
-                                  weight.data<scalar_t>(), g);
-    }
+  with_f32_or_f64(grad_input.dtype(), "conv2d backward", [&](auto tag) {
+    using T = decltype(tag);
+    conv2d_backward_input_typed(grad_input.data<T>(), grad_out.data<T>(), weight.data<T>(), g);
   });
 }
 
@@ -232,16 +244,13 @@ void conv2d_backward_weight_cpu(Tensor& grad_weight, const Tensor& grad_out, con
                                 const Conv2dGeometry& g) {
   check_kernel_args("conv2d backward kernel", {&grad_weight, &grad_out, &input});
   if (is_16bit(grad_weight.dtype())) {
-    Tensor dw32 = Tensor::empty(grad_weight.shape(), {.dtype = DType::f32});
-    conv2d_backward_weight_cpu(dw32, to_f32(grad_out), to_f32(input), g);
-    grad_weight.copy_(dw32);
-    return;
+    return via_f32(grad_weight, [&](Tensor& dw32) {
+      conv2d_backward_weight_cpu(dw32, to_f32(grad_out), to_f32(input), g);
+    });
   }
-  KILN_DISPATCH_FLOATING(grad_weight.dtype(), "conv2d backward", [&] {
-    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
-      conv2d_backward_weight_typed(grad_weight.data<scalar_t>(), grad_out.data<scalar_t>(),
-                                   input.data<scalar_t>(), g);
-    }
+  with_f32_or_f64(grad_weight.dtype(), "conv2d backward", [&](auto tag) {
+    using T = decltype(tag);
+    conv2d_backward_weight_typed(grad_weight.data<T>(), grad_out.data<T>(), input.data<T>(), g);
   });
 }
 

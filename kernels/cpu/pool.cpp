@@ -56,87 +56,45 @@ void max_pool_backward(T* dx, const T* dy, const int64_t* idx, const Pool2dGeome
   }
 }
 
-// ------------------------------------------------------------------ average
-template <class T>
-void avg_pool_forward(T* y, const T* x, const Pool2dGeometry& g, bool count_include_pad) {
+// ------------------------------------------------------------------ average, adaptive average
+// `win` is AvgPoolWindows or AdaptiveAvgWindows (core/dispatch/pool.h).
+template <class T, class Windows>
+void average_forward(T* y, const T* x, const Windows& win) {
   using A = opmath_t<T>;
+  const Pool2dGeometry& g = win.g;
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
 #pragma omp parallel for if (g.planes * in_plane > kParallelGrain)
   for (int64_t p = 0; p < g.planes; ++p) {
     const T* xp = x + p * in_plane;
     for (int64_t oh = 0; oh < g.out_h; ++oh) {
-      const PoolWindow wh = pool_window(oh, g.stride_h, g.pad_h, g.kernel_h, g.in_h);
+      const AvgSpan sh = win.row(oh);
       for (int64_t ow = 0; ow < g.out_w; ++ow) {
-        const PoolWindow ww = pool_window(ow, g.stride_w, g.pad_w, g.kernel_w, g.in_w);
+        const AvgSpan sw = win.col(ow);
         A sum = 0;
-        for (int64_t h = wh.start; h < wh.end; ++h)
-          for (int64_t w = ww.start; w < ww.end; ++w) sum += static_cast<A>(xp[h * g.in_w + w]);
-        const int64_t divisor = count_include_pad ? wh.padded_size * ww.padded_size
-                                                  : (wh.end - wh.start) * (ww.end - ww.start);
-        y[p * out_plane + oh * g.out_w + ow] = static_cast<T>(sum / static_cast<A>(divisor));
+        for (int64_t h = sh.start; h < sh.end; ++h)
+          for (int64_t w = sw.start; w < sw.end; ++w) sum += static_cast<A>(xp[h * g.in_w + w]);
+        y[p * out_plane + oh * g.out_w + ow] = static_cast<T>(sum / static_cast<A>(sh.count * sw.count));
       }
     }
   }
 }
 
-template <class T>
-void avg_pool_backward(T* dx, const T* dy, const Pool2dGeometry& g, bool count_include_pad) {
+template <class T, class Windows>
+void average_backward(T* dx, const T* dy, const Windows& win) {
   using A = opmath_t<T>;
+  const Pool2dGeometry& g = win.g;
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
 #pragma omp parallel for if (g.planes * in_plane > kParallelGrain)
   for (int64_t p = 0; p < g.planes; ++p) {
     std::vector<A> acc(in_plane, A(0));
     for (int64_t oh = 0; oh < g.out_h; ++oh) {
-      const PoolWindow wh = pool_window(oh, g.stride_h, g.pad_h, g.kernel_h, g.in_h);
+      const AvgSpan sh = win.row(oh);
       for (int64_t ow = 0; ow < g.out_w; ++ow) {
-        const PoolWindow ww = pool_window(ow, g.stride_w, g.pad_w, g.kernel_w, g.in_w);
-        const int64_t divisor = count_include_pad ? wh.padded_size * ww.padded_size
-                                                  : (wh.end - wh.start) * (ww.end - ww.start);
-        const A share = static_cast<A>(dy[p * out_plane + oh * g.out_w + ow]) / static_cast<A>(divisor);
-        for (int64_t h = wh.start; h < wh.end; ++h)
-          for (int64_t w = ww.start; w < ww.end; ++w) acc[h * g.in_w + w] += share;
-      }
-    }
-    for (int64_t i = 0; i < in_plane; ++i) dx[p * in_plane + i] = static_cast<T>(acc[i]);
-  }
-}
-
-// ------------------------------------------------------------------ adaptive average
-template <class T>
-void adaptive_avg_forward(T* y, const T* x, const Pool2dGeometry& g) {
-  using A = opmath_t<T>;
-  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
-#pragma omp parallel for if (g.planes * in_plane > kParallelGrain)
-  for (int64_t p = 0; p < g.planes; ++p) {
-    const T* xp = x + p * in_plane;
-    for (int64_t oh = 0; oh < g.out_h; ++oh) {
-      const int64_t h0 = adaptive_start(oh, g.in_h, g.out_h), h1 = adaptive_end(oh, g.in_h, g.out_h);
-      for (int64_t ow = 0; ow < g.out_w; ++ow) {
-        const int64_t w0 = adaptive_start(ow, g.in_w, g.out_w), w1 = adaptive_end(ow, g.in_w, g.out_w);
-        A sum = 0;
-        for (int64_t h = h0; h < h1; ++h)
-          for (int64_t w = w0; w < w1; ++w) sum += static_cast<A>(xp[h * g.in_w + w]);
-        y[p * out_plane + oh * g.out_w + ow] = static_cast<T>(sum / static_cast<A>((h1 - h0) * (w1 - w0)));
-      }
-    }
-  }
-}
-
-template <class T>
-void adaptive_avg_backward(T* dx, const T* dy, const Pool2dGeometry& g) {
-  using A = opmath_t<T>;
-  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
-#pragma omp parallel for if (g.planes * in_plane > kParallelGrain)
-  for (int64_t p = 0; p < g.planes; ++p) {
-    std::vector<A> acc(in_plane, A(0));
-    for (int64_t oh = 0; oh < g.out_h; ++oh) {
-      const int64_t h0 = adaptive_start(oh, g.in_h, g.out_h), h1 = adaptive_end(oh, g.in_h, g.out_h);
-      for (int64_t ow = 0; ow < g.out_w; ++ow) {
-        const int64_t w0 = adaptive_start(ow, g.in_w, g.out_w), w1 = adaptive_end(ow, g.in_w, g.out_w);
-        const A share = static_cast<A>(dy[p * out_plane + oh * g.out_w + ow]) /
-                        static_cast<A>((h1 - h0) * (w1 - w0));
-        for (int64_t h = h0; h < h1; ++h)
-          for (int64_t w = w0; w < w1; ++w) acc[h * g.in_w + w] += share;
+        const AvgSpan sw = win.col(ow);
+        const A share =
+            static_cast<A>(dy[p * out_plane + oh * g.out_w + ow]) / static_cast<A>(sh.count * sw.count);
+        for (int64_t h = sh.start; h < sh.end; ++h)
+          for (int64_t w = sw.start; w < sw.end; ++w) acc[h * g.in_w + w] += share;
       }
     }
     for (int64_t i = 0; i < in_plane; ++i) dx[p * in_plane + i] = static_cast<T>(acc[i]);
@@ -169,7 +127,7 @@ void max_pool2d_backward_cpu(Tensor& grad_input, const Tensor& grad_out, const T
 void avg_pool2d_cpu(Tensor& out, const Tensor& input, const Pool2dGeometry& g, bool count_include_pad) {
   check_planes("avg_pool2d kernel", out, input);
   KILN_DISPATCH_FLOATING(input.dtype(), "avg_pool2d", [&] {
-    avg_pool_forward(out.data<scalar_t>(), input.data<scalar_t>(), g, count_include_pad);
+    average_forward(out.data<scalar_t>(), input.data<scalar_t>(), AvgPoolWindows{g, count_include_pad});
   });
 }
 
@@ -177,21 +135,22 @@ void avg_pool2d_backward_cpu(Tensor& grad_input, const Tensor& grad_out, const P
                              bool count_include_pad) {
   check_planes("avg_pool2d backward kernel", grad_input, grad_out);
   KILN_DISPATCH_FLOATING(grad_out.dtype(), "avg_pool2d backward", [&] {
-    avg_pool_backward(grad_input.data<scalar_t>(), grad_out.data<scalar_t>(), g, count_include_pad);
+    average_backward(grad_input.data<scalar_t>(), grad_out.data<scalar_t>(),
+                     AvgPoolWindows{g, count_include_pad});
   });
 }
 
 void adaptive_avg_pool2d_cpu(Tensor& out, const Tensor& input, const Pool2dGeometry& g) {
   check_planes("adaptive_avg_pool2d kernel", out, input);
   KILN_DISPATCH_FLOATING(input.dtype(), "adaptive_avg_pool2d", [&] {
-    adaptive_avg_forward(out.data<scalar_t>(), input.data<scalar_t>(), g);
+    average_forward(out.data<scalar_t>(), input.data<scalar_t>(), AdaptiveAvgWindows{g});
   });
 }
 
 void adaptive_avg_pool2d_backward_cpu(Tensor& grad_input, const Tensor& grad_out, const Pool2dGeometry& g) {
   check_planes("adaptive_avg_pool2d backward kernel", grad_input, grad_out);
   KILN_DISPATCH_FLOATING(grad_out.dtype(), "adaptive_avg_pool2d backward", [&] {
-    adaptive_avg_backward(grad_input.data<scalar_t>(), grad_out.data<scalar_t>(), g);
+    average_backward(grad_input.data<scalar_t>(), grad_out.data<scalar_t>(), AdaptiveAvgWindows{g});
   });
 }
 

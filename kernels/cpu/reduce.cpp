@@ -7,7 +7,6 @@
 // single long row, is reduced by one thread in a fixed order.
 #include <algorithm>
 #include <cstdint>
-#include <type_traits>
 #include <vector>
 
 #include "core/dispatch/reduce.h"
@@ -89,56 +88,14 @@ void reduce(const Op& op, const Finish& finish, const T* in, int64_t outer, int6
   }
 }
 
-template <class T>
-void reduce_typed(ReduceOp op, Tensor& out, const Tensor& in, int64_t outer, int64_t reduced,
-                  int64_t inner, int64_t correction) {
-  using Acc = acc_t<T>;
-  constexpr bool kFloating = std::is_floating_point_v<Acc>;
-  const T* x = static_cast<const T*>(in.data_ptr());
-  switch (op) {
-    case ReduceOp::sum:
-    case ReduceOp::mean:
-      KILN_CHECK(kFloating || (op == ReduceOp::sum && in.dtype() == DType::i64),
-                 "reduce kernel: ", op == ReduceOp::sum ? "sum" : "mean", " of ", in.meta_str(),
-                 " (integer sums must arrive as i64; mean needs a floating type)");
-      KILN_CHECK(out.dtype() == in.dtype(), "reduce kernel: sum into ", out.meta_str());
-      reduce(SumOp<T>{}, StoreDivided<T, Acc>{out.data<T>(), op == ReduceOp::mean ? Acc(reduced) : Acc(1)},
-             x, outer, reduced, inner);
-      return;
-    case ReduceOp::var: {
-      if constexpr (kFloating) {
-        std::vector<Acc> means(outer * inner);
-        reduce(SumOp<T>{}, StoreDivided<Acc, Acc>{means.data(), Acc(reduced)}, x, outer, reduced, inner);
-        const Acc denom = Acc(std::max<int64_t>(reduced - correction, 0));
-        reduce(SquaredDeviationOp<T>{means.data()}, StoreDivided<T, Acc>{out.data<T>(), denom}, x,
-               outer, reduced, inner);
-        return;
-      }
-      KILN_FAIL("reduce kernel: var of ", in.meta_str(), " (needs a floating type)");
-    }
-    case ReduceOp::max:
-    case ReduceOp::min:
-      reduce(ExtremeOp<T>{op == ReduceOp::max}, StoreDivided<T, Acc>{out.data<T>(), Acc(1)}, x, outer,
-             reduced, inner);
-      return;
-    case ReduceOp::argmax:
-    case ReduceOp::argmin:
-      reduce(ArgExtremeOp<T>{op == ReduceOp::argmax}, StoreIndex{out.data<int64_t>()}, x, outer,
-             reduced, inner);
-      return;
-  }
-  KILN_FAIL("reduce kernel: unknown op");
-}
-
 void reduce_kernel(ReduceOp op, Tensor& out, const Tensor& in, int64_t outer, int64_t reduced,
                    int64_t inner, int64_t correction) {
-  KILN_CHECK(in.is_contiguous() && out.is_contiguous(), "reduce kernel: needs contiguous tensors, got ",
-             in.meta_str(), " -> ", out.meta_str());
-  KILN_CHECK(out.numel() == outer * inner && in.numel() == outer * reduced * inner,
-             "reduce kernel: ", in.meta_str(), " is not [", outer, ", ", reduced, ", ", inner,
-             "] -> ", out.meta_str());
-  KILN_DISPATCH_ALL(in.dtype(), "reduce",
-                    [&] { reduce_typed<scalar_t>(op, out, in, outer, reduced, inner, correction); });
+  check_reduce_args(out, in, outer, reduced, inner);
+  KILN_DISPATCH_ALL(in.dtype(), "reduce", [&] {
+    const auto* x = static_cast<const scalar_t*>(in.data_ptr());
+    auto run = [&](const auto& acc, const auto& finish) { reduce(acc, finish, x, outer, reduced, inner); };
+    reduce_with<scalar_t>(op, out, in, outer, reduced, inner, correction, run);
+  });
 }
 
 }  // namespace

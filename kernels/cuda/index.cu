@@ -50,6 +50,17 @@ class IndexErrorFlag {
   cudaStream_t stream_;
 };
 
+// Runs launch(stream, err) on the device's current stream, then waits for the kernels and
+// throws the CPU kernels' error if one of them met a bad index.
+template <class F>
+void launch_checking_indices(const char* op, Device device, int64_t dim, int64_t size, F&& launch) {
+  cuda::DeviceGuard guard(device.index);
+  cudaStream_t stream = cuda::current_stream();
+  IndexErrorFlag flag(device, stream);
+  launch(stream, flag.ptr());
+  flag.check(op, dim, size);
+}
+
 // ---------------------------------------------------------------- atomics
 __device__ __forceinline__ void atomic_add(float* p, float v) { atomicAdd(p, v); }
 __device__ __forceinline__ void atomic_add(double* p, double v) { atomicAdd(p, v); }
@@ -103,28 +114,27 @@ void launch_index_select(Tensor& out, const Tensor& in, const I* idx, int64_t n,
 }
 
 void index_select_cuda(Tensor& out, const Tensor& in, int64_t dim, const Tensor& index) {
-  cuda::DeviceGuard guard(out.device().index);
-  cudaStream_t stream = cuda::current_stream();
   const DimSplit s = split_at(in.shape(), dim);
   const int64_t n = index.numel();
   const int64_t row_bytes = s.inner * int64_t(in.element_size());
-  IndexErrorFlag flag(out.device(), stream);
-  KILN_DISPATCH_INDEX(index.dtype(), "index_select", [&] {
-    const scalar_t* idx = index.data<scalar_t>();
-    switch (word_bytes(row_bytes, out.data_ptr(), in.data_ptr())) {
-      case 16:
-        return launch_index_select<uint4>(out, in, idx, n, s, row_bytes, flag.ptr(), stream);
-      case 8:
-        return launch_index_select<uint2>(out, in, idx, n, s, row_bytes, flag.ptr(), stream);
-      case 4:
-        return launch_index_select<uint32_t>(out, in, idx, n, s, row_bytes, flag.ptr(), stream);
-      case 2:
-        return launch_index_select<uint16_t>(out, in, idx, n, s, row_bytes, flag.ptr(), stream);
-      default:
-        return launch_index_select<uint8_t>(out, in, idx, n, s, row_bytes, flag.ptr(), stream);
-    }
-  });
-  flag.check("index_select", dim, s.size);
+  auto launch = [&](cudaStream_t stream, unsigned long long* err) {
+    KILN_DISPATCH_INDEX(index.dtype(), "index_select", [&] {
+      const scalar_t* idx = index.data<scalar_t>();
+      switch (word_bytes(row_bytes, out.data_ptr(), in.data_ptr())) {
+        case 16:
+          return launch_index_select<uint4>(out, in, idx, n, s, row_bytes, err, stream);
+        case 8:
+          return launch_index_select<uint2>(out, in, idx, n, s, row_bytes, err, stream);
+        case 4:
+          return launch_index_select<uint32_t>(out, in, idx, n, s, row_bytes, err, stream);
+        case 2:
+          return launch_index_select<uint16_t>(out, in, idx, n, s, row_bytes, err, stream);
+        default:
+          return launch_index_select<uint8_t>(out, in, idx, n, s, row_bytes, err, stream);
+      }
+    });
+  };
+  launch_checking_indices("index_select", out.device(), dim, s.size, launch);
 }
 
 // ---------------------------------------------------------------- index_add
@@ -143,24 +153,22 @@ __global__ void index_add_kernel(T* __restrict__ self, const T* __restrict__ src
 }
 
 void index_add_cuda(Tensor& self, int64_t dim, const Tensor& index, const Tensor& src) {
-  cuda::DeviceGuard guard(self.device().index);
-  cudaStream_t stream = cuda::current_stream();
   const DimSplit s = split_at(self.shape(), dim);
   const int64_t n = index.numel();
   const int64_t total = src.numel();
   if (total == 0) return;
-  IndexErrorFlag flag(self.device(), stream);
-  KILN_DISPATCH_INDEX(index.dtype(), "index_add", [&] {
-    using index_t = scalar_t;
-    dispatch_addable(self.dtype(), "index_add", [&](auto tag) {
-      using T = decltype(tag);
-      index_add_kernel<T, index_t><<<cuda::grid_for(total, kThreads), kThreads, 0, stream>>>(
-          self.data<T>(), src.data<T>(), index.data<index_t>(), n, s.size, s.inner, total,
-          flag.ptr());
-      KILN_CUDA_CHECK_LAUNCH();
+  auto launch = [&](cudaStream_t stream, unsigned long long* err) {
+    KILN_DISPATCH_INDEX(index.dtype(), "index_add", [&] {
+      using index_t = scalar_t;
+      dispatch_addable(self.dtype(), "index_add", [&](auto tag) {
+        using T = decltype(tag);
+        index_add_kernel<T, index_t><<<cuda::grid_for(total, kThreads), kThreads, 0, stream>>>(
+            self.data<T>(), src.data<T>(), index.data<index_t>(), n, s.size, s.inner, total, err);
+        KILN_CUDA_CHECK_LAUNCH();
+      });
     });
-  });
-  flag.check("index_add", dim, s.size);
+  };
+  launch_checking_indices("index_add", self.device(), dim, s.size, launch);
 }
 
 // ---------------------------------------------------------------- gather / scatter_add
@@ -224,22 +232,20 @@ __global__ void gather_kernel(T* __restrict__ out, const T* __restrict__ in,
 }
 
 void gather_cuda(Tensor& out, const Tensor& in, int64_t dim, const Tensor& index) {
-  cuda::DeviceGuard guard(out.device().index);
-  cudaStream_t stream = cuda::current_stream();
   const int64_t total = index.numel();
   if (total == 0) return;
   const IndexGeometry g = make_geometry(index, dim, in, in);
-  IndexErrorFlag flag(out.device(), stream);
-  KILN_DISPATCH_INDEX(index.dtype(), "gather", [&] {
-    using index_t = scalar_t;
-    KILN_DISPATCH_ALL(in.dtype(), "gather", [&] {
-      gather_kernel<scalar_t, index_t><<<cuda::grid_for(total, kThreads), kThreads, 0, stream>>>(
-          out.data<scalar_t>(), in.data<scalar_t>(), index.data<index_t>(), g, in.size(dim), total,
-          flag.ptr());
-      KILN_CUDA_CHECK_LAUNCH();
+  auto launch = [&](cudaStream_t stream, unsigned long long* err) {
+    KILN_DISPATCH_INDEX(index.dtype(), "gather", [&] {
+      using index_t = scalar_t;
+      KILN_DISPATCH_ALL(in.dtype(), "gather", [&] {
+        gather_kernel<scalar_t, index_t><<<cuda::grid_for(total, kThreads), kThreads, 0, stream>>>(
+            out.data<scalar_t>(), in.data<scalar_t>(), index.data<index_t>(), g, in.size(dim), total, err);
+        KILN_CUDA_CHECK_LAUNCH();
+      });
     });
-  });
-  flag.check("gather", dim, in.size(dim));
+  };
+  launch_checking_indices("gather", out.device(), dim, in.size(dim), launch);
 }
 
 // a = self, b = src.
@@ -258,23 +264,21 @@ __global__ void scatter_add_kernel(T* __restrict__ self, const T* __restrict__ s
 }
 
 void scatter_add_cuda(Tensor& self, int64_t dim, const Tensor& index, const Tensor& src) {
-  cuda::DeviceGuard guard(self.device().index);
-  cudaStream_t stream = cuda::current_stream();
   const int64_t total = index.numel();
   if (total == 0) return;
   const IndexGeometry g = make_geometry(index, dim, self, src);
-  IndexErrorFlag flag(self.device(), stream);
-  KILN_DISPATCH_INDEX(index.dtype(), "scatter_add", [&] {
-    using index_t = scalar_t;
-    dispatch_addable(self.dtype(), "scatter_add", [&](auto tag) {
-      using T = decltype(tag);
-      scatter_add_kernel<T, index_t><<<cuda::grid_for(total, kThreads), kThreads, 0, stream>>>(
-          self.data<T>(), src.data<T>(), index.data<index_t>(), g, self.size(dim), total,
-          flag.ptr());
-      KILN_CUDA_CHECK_LAUNCH();
+  auto launch = [&](cudaStream_t stream, unsigned long long* err) {
+    KILN_DISPATCH_INDEX(index.dtype(), "scatter_add", [&] {
+      using index_t = scalar_t;
+      dispatch_addable(self.dtype(), "scatter_add", [&](auto tag) {
+        using T = decltype(tag);
+        scatter_add_kernel<T, index_t><<<cuda::grid_for(total, kThreads), kThreads, 0, stream>>>(
+            self.data<T>(), src.data<T>(), index.data<index_t>(), g, self.size(dim), total, err);
+        KILN_CUDA_CHECK_LAUNCH();
+      });
     });
-  });
-  flag.check("scatter_add", dim, self.size(dim));
+  };
+  launch_checking_indices("scatter_add", self.device(), dim, self.size(dim), launch);
 }
 
 }  // namespace

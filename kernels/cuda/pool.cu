@@ -73,86 +73,60 @@ __global__ void max_pool_backward_kernel(T* __restrict__ dx, const T* __restrict
   }
 }
 
-// ------------------------------------------------------------------ average
-__device__ __forceinline__ int64_t avg_divisor(const PoolWindow& wh, const PoolWindow& ww,
-                                               bool count_include_pad) {
-  return count_include_pad ? wh.padded_size * ww.padded_size : (wh.end - wh.start) * (ww.end - ww.start);
-}
-
-template <class T>
-__global__ void avg_pool_forward_kernel(T* __restrict__ y, const T* __restrict__ x, Pool2dGeometry g,
-                                        bool count_include_pad, int64_t n) {
+// ------------------------------------------------------------------ average, adaptive average
+// `win` is AvgPoolWindows or AdaptiveAvgWindows (core/dispatch/pool.h).
+template <class T, class Windows>
+__global__ void average_forward_kernel(T* __restrict__ y, const T* __restrict__ x, Windows win, int64_t n) {
   using A = opmath_t<T>;
+  const Pool2dGeometry& g = win.g;
   KILN_GRID_STRIDE(k, n) {
     const int64_t ow = k % g.out_w, oh = (k / g.out_w) % g.out_h, p = k / (g.out_w * g.out_h);
     const T* xp = x + p * g.in_h * g.in_w;
-    const PoolWindow wh = pool_window(oh, g.stride_h, g.pad_h, g.kernel_h, g.in_h);
-    const PoolWindow ww = pool_window(ow, g.stride_w, g.pad_w, g.kernel_w, g.in_w);
+    const AvgSpan sh = win.row(oh), sw = win.col(ow);
     A sum = 0;
-    for (int64_t h = wh.start; h < wh.end; ++h)
-      for (int64_t w = ww.start; w < ww.end; ++w) sum += static_cast<A>(xp[h * g.in_w + w]);
-    y[k] = static_cast<T>(sum / static_cast<A>(avg_divisor(wh, ww, count_include_pad)));
+    for (int64_t h = sh.start; h < sh.end; ++h)
+      for (int64_t w = sw.start; w < sw.end; ++w) sum += static_cast<A>(xp[h * g.in_w + w]);
+    y[k] = static_cast<T>(sum / static_cast<A>(sh.count * sw.count));
   }
 }
 
-template <class T>
-__global__ void avg_pool_backward_kernel(T* __restrict__ dx, const T* __restrict__ dy, Pool2dGeometry g,
-                                         bool count_include_pad, int64_t n) {
+// The outputs along one dim whose windows may contain input index i: exactly those for
+// avg_pool2d; for adaptive_avg_pool2d, cells [floor(i*out/in), ceil((i+1)*out/in)), a superset
+// the backward kernel checks again.
+__device__ __forceinline__ CoverRange covering_rows(const AvgPoolWindows& win, int64_t h) {
+  return covering_windows(h, win.g.stride_h, win.g.pad_h, win.g.kernel_h, win.g.out_h);
+}
+__device__ __forceinline__ CoverRange covering_cols(const AvgPoolWindows& win, int64_t w) {
+  return covering_windows(w, win.g.stride_w, win.g.pad_w, win.g.kernel_w, win.g.out_w);
+}
+__device__ __forceinline__ CoverRange adaptive_cover(int64_t i, int64_t in, int64_t out) {
+  const int64_t first = (i * out) / in, last = ((i + 1) * out + in - 1) / in;
+  return {first, last < out ? last : out};
+}
+__device__ __forceinline__ CoverRange covering_rows(const AdaptiveAvgWindows& win, int64_t h) {
+  return adaptive_cover(h, win.g.in_h, win.g.out_h);
+}
+__device__ __forceinline__ CoverRange covering_cols(const AdaptiveAvgWindows& win, int64_t w) {
+  return adaptive_cover(w, win.g.in_w, win.g.out_w);
+}
+
+template <class T, class Windows>
+__global__ void average_backward_kernel(T* __restrict__ dx, const T* __restrict__ dy, Windows win,
+                                        int64_t n) {
   using A = opmath_t<T>;
+  const Pool2dGeometry& g = win.g;
   KILN_GRID_STRIDE(k, n) {
     const int64_t w = k % g.in_w, h = (k / g.in_w) % g.in_h, p = k / (g.in_w * g.in_h);
     const T* dyp = dy + p * g.out_h * g.out_w;
-    const CoverRange rh = covering_windows(h, g.stride_h, g.pad_h, g.kernel_h, g.out_h);
-    const CoverRange rw = covering_windows(w, g.stride_w, g.pad_w, g.kernel_w, g.out_w);
+    const CoverRange rh = covering_rows(win, h), rw = covering_cols(win, w);
     A acc = 0;
     for (int64_t oh = rh.first; oh < rh.last; ++oh) {
-      const PoolWindow wh = pool_window(oh, g.stride_h, g.pad_h, g.kernel_h, g.in_h);
+      const AvgSpan sh = win.row(oh);
+      if (h < sh.start || h >= sh.end) continue;
       for (int64_t ow = rw.first; ow < rw.last; ++ow) {
-        const PoolWindow ww = pool_window(ow, g.stride_w, g.pad_w, g.kernel_w, g.in_w);
-        acc += static_cast<A>(dyp[oh * g.out_w + ow]) /
-               static_cast<A>(avg_divisor(wh, ww, count_include_pad));
-      }
-    }
-    dx[k] = static_cast<T>(acc);
-  }
-}
-
-// ------------------------------------------------------------------ adaptive average
-template <class T>
-__global__ void adaptive_avg_forward_kernel(T* __restrict__ y, const T* __restrict__ x, Pool2dGeometry g,
-                                            int64_t n) {
-  using A = opmath_t<T>;
-  KILN_GRID_STRIDE(k, n) {
-    const int64_t ow = k % g.out_w, oh = (k / g.out_w) % g.out_h, p = k / (g.out_w * g.out_h);
-    const T* xp = x + p * g.in_h * g.in_w;
-    const int64_t h0 = adaptive_start(oh, g.in_h, g.out_h), h1 = adaptive_end(oh, g.in_h, g.out_h);
-    const int64_t w0 = adaptive_start(ow, g.in_w, g.out_w), w1 = adaptive_end(ow, g.in_w, g.out_w);
-    A sum = 0;
-    for (int64_t h = h0; h < h1; ++h)
-      for (int64_t w = w0; w < w1; ++w) sum += static_cast<A>(xp[h * g.in_w + w]);
-    y[k] = static_cast<T>(sum / static_cast<A>((h1 - h0) * (w1 - w0)));
-  }
-}
-
-// Output cell o covers input i when start(o) <= i < end(o); that holds for o in
-// [floor(i*out/in), ceil((i+1)*out/in)), checked again in the loop.
-template <class T>
-__global__ void adaptive_avg_backward_kernel(T* __restrict__ dx, const T* __restrict__ dy,
-                                             Pool2dGeometry g, int64_t n) {
-  using A = opmath_t<T>;
-  KILN_GRID_STRIDE(k, n) {
-    const int64_t w = k % g.in_w, h = (k / g.in_w) % g.in_h, p = k / (g.in_w * g.in_h);
-    const T* dyp = dy + p * g.out_h * g.out_w;
-    const int64_t oh0 = (h * g.out_h) / g.in_h, oh1 = ((h + 1) * g.out_h + g.in_h - 1) / g.in_h;
-    const int64_t ow0 = (w * g.out_w) / g.in_w, ow1 = ((w + 1) * g.out_w + g.in_w - 1) / g.in_w;
-    A acc = 0;
-    for (int64_t oh = oh0; oh < oh1 && oh < g.out_h; ++oh) {
-      const int64_t h0 = adaptive_start(oh, g.in_h, g.out_h), h1 = adaptive_end(oh, g.in_h, g.out_h);
-      if (h < h0 || h >= h1) continue;
-      for (int64_t ow = ow0; ow < ow1 && ow < g.out_w; ++ow) {
-        const int64_t w0 = adaptive_start(ow, g.in_w, g.out_w), w1 = adaptive_end(ow, g.in_w, g.out_w);
-        if (w < w0 || w >= w1) continue;
-        acc += static_cast<A>(dyp[oh * g.out_w + ow]) / static_cast<A>((h1 - h0) * (w1 - w0));
+        const AvgSpan sw = win.col(ow);
+        if (w < sw.start || w >= sw.end) continue;
+        acc += static_cast<A>(dyp[oh * g.out_w + ow]) / static_cast<A>(sh.count * sw.count);
       }
     }
     dx[k] = static_cast<T>(acc);
@@ -203,8 +177,8 @@ void avg_pool2d_cuda(Tensor& out, const Tensor& input, const Pool2dGeometry& g, 
   check_planes("avg_pool2d kernel", out, input);
   KILN_DISPATCH_FLOATING(input.dtype(), "avg_pool2d", [&] {
     launch_on(out, out.numel(), [&](unsigned grid, cudaStream_t stream) {
-      avg_pool_forward_kernel<<<grid, kThreads, 0, stream>>>(out.data<scalar_t>(), input.data<scalar_t>(),
-                                                             g, count_include_pad, out.numel());
+      average_forward_kernel<<<grid, kThreads, 0, stream>>>(
+          out.data<scalar_t>(), input.data<scalar_t>(), AvgPoolWindows{g, count_include_pad}, out.numel());
     });
   });
 }
@@ -214,8 +188,9 @@ void avg_pool2d_backward_cuda(Tensor& grad_input, const Tensor& grad_out, const 
   check_planes("avg_pool2d backward kernel", grad_input, grad_out);
   KILN_DISPATCH_FLOATING(grad_out.dtype(), "avg_pool2d backward", [&] {
     launch_on(grad_input, grad_input.numel(), [&](unsigned grid, cudaStream_t stream) {
-      avg_pool_backward_kernel<<<grid, kThreads, 0, stream>>>(
-          grad_input.data<scalar_t>(), grad_out.data<scalar_t>(), g, count_include_pad, grad_input.numel());
+      average_backward_kernel<<<grid, kThreads, 0, stream>>>(
+          grad_input.data<scalar_t>(), grad_out.data<scalar_t>(), AvgPoolWindows{g, count_include_pad},
+          grad_input.numel());
     });
   });
 }
@@ -224,8 +199,8 @@ void adaptive_avg_pool2d_cuda(Tensor& out, const Tensor& input, const Pool2dGeom
   check_planes("adaptive_avg_pool2d kernel", out, input);
   KILN_DISPATCH_FLOATING(input.dtype(), "adaptive_avg_pool2d", [&] {
     launch_on(out, out.numel(), [&](unsigned grid, cudaStream_t stream) {
-      adaptive_avg_forward_kernel<<<grid, kThreads, 0, stream>>>(out.data<scalar_t>(),
-                                                                 input.data<scalar_t>(), g, out.numel());
+      average_forward_kernel<<<grid, kThreads, 0, stream>>>(out.data<scalar_t>(), input.data<scalar_t>(),
+                                                            AdaptiveAvgWindows{g}, out.numel());
     });
   });
 }
@@ -234,8 +209,8 @@ void adaptive_avg_pool2d_backward_cuda(Tensor& grad_input, const Tensor& grad_ou
   check_planes("adaptive_avg_pool2d backward kernel", grad_input, grad_out);
   KILN_DISPATCH_FLOATING(grad_out.dtype(), "adaptive_avg_pool2d backward", [&] {
     launch_on(grad_input, grad_input.numel(), [&](unsigned grid, cudaStream_t stream) {
-      adaptive_avg_backward_kernel<<<grid, kThreads, 0, stream>>>(
-          grad_input.data<scalar_t>(), grad_out.data<scalar_t>(), g, grad_input.numel());
+      average_backward_kernel<<<grid, kThreads, 0, stream>>>(
+          grad_input.data<scalar_t>(), grad_out.data<scalar_t>(), AdaptiveAvgWindows{g}, grad_input.numel());
     });
   });
 }

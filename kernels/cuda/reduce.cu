@@ -17,7 +17,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <type_traits>
 
 #include "core/cuda_context.h"
 #include "core/dispatch/reduce.h"
@@ -254,62 +253,17 @@ void launch_reduce(const Op& op, const Finish& finish, const T* in, int64_t oute
   else launch_columns(op, finish, in, outer, reduced, inner, device);
 }
 
-template <class T>
-void reduce_typed(ReduceOp op, Tensor& out, const Tensor& in, int64_t outer, int64_t reduced,
-                  int64_t inner, int64_t correction) {
-  using Acc = acc_t<T>;
-  constexpr bool kFloating = std::is_floating_point_v<Acc>;
-  const T* x = static_cast<const T*>(in.data_ptr());
-  const Device device = in.device();
-  switch (op) {
-    case ReduceOp::sum:
-    case ReduceOp::mean:
-      // Only floats and i64 are instantiated: core sums other integers as i64.
-      if constexpr (kFloating || std::is_same_v<T, int64_t>) {
-        KILN_CHECK(kFloating || op == ReduceOp::sum, "reduce kernel: mean of ", in.meta_str());
-        launch_reduce(SumOp<T>{},
-                      StoreDivided<T, Acc>{out.data<T>(), op == ReduceOp::mean ? Acc(reduced) : Acc(1)},
-                      x, outer, reduced, inner, device);
-        return;
-      }
-      KILN_FAIL("reduce kernel: sum of ", in.meta_str(), " (integer sums must arrive as i64)");
-    case ReduceOp::var:
-      if constexpr (kFloating) {
-        Tensor means = Tensor::empty({outer * inner},
-                                     {std::is_same_v<Acc, double> ? DType::f64 : DType::f32, device});
-        Acc* m = static_cast<Acc*>(means.data_ptr());
-        launch_reduce(SumOp<T>{}, StoreDivided<Acc, Acc>{m, Acc(reduced)}, x, outer, reduced, inner,
-                      device);
-        const Acc denom = Acc(std::max<int64_t>(reduced - correction, 0));
-        launch_reduce(SquaredDeviationOp<T>{m}, StoreDivided<T, Acc>{out.data<T>(), denom}, x, outer,
-                      reduced, inner, device);
-        return;
-      }
-      KILN_FAIL("reduce kernel: var of ", in.meta_str(), " (needs a floating type)");
-    case ReduceOp::max:
-    case ReduceOp::min:
-      launch_reduce(ExtremeOp<T>{op == ReduceOp::max}, StoreDivided<T, Acc>{out.data<T>(), Acc(1)}, x,
-                    outer, reduced, inner, device);
-      return;
-    case ReduceOp::argmax:
-    case ReduceOp::argmin:
-      launch_reduce(ArgExtremeOp<T>{op == ReduceOp::argmax}, StoreIndex{out.data<int64_t>()}, x, outer,
-                    reduced, inner, device);
-      return;
-  }
-  KILN_FAIL("reduce kernel: unknown op");
-}
-
 void reduce_cuda(ReduceOp op, Tensor& out, const Tensor& in, int64_t outer, int64_t reduced,
                  int64_t inner, int64_t correction) {
-  KILN_CHECK(in.is_contiguous() && out.is_contiguous(), "reduce kernel: needs contiguous tensors, got ",
-             in.meta_str(), " -> ", out.meta_str());
-  KILN_CHECK(out.numel() == outer * inner && in.numel() == outer * reduced * inner,
-             "reduce kernel: ", in.meta_str(), " is not [", outer, ", ", reduced, ", ", inner,
-             "] -> ", out.meta_str());
+  check_reduce_args(out, in, outer, reduced, inner);
   cuda::DeviceGuard guard(in.device().index);
-  KILN_DISPATCH_ALL(in.dtype(), "reduce",
-                    [&] { reduce_typed<scalar_t>(op, out, in, outer, reduced, inner, correction); });
+  KILN_DISPATCH_ALL(in.dtype(), "reduce", [&] {
+    const auto* x = static_cast<const scalar_t*>(in.data_ptr());
+    auto run = [&](const auto& acc, const auto& finish) {
+      launch_reduce(acc, finish, x, outer, reduced, inner, in.device());
+    };
+    reduce_with<scalar_t>(op, out, in, outer, reduced, inner, correction, run);
+  });
 }
 
 }  // namespace
