@@ -64,8 +64,14 @@ TEST_F(TrainTest, LossFallsAndAccuracyRises) {
   EXPECT_EQ(s.steps, 40);
   const auto lines = io::read_jsonl(s.run_dir / "metrics.jsonl");
   std::vector<double> losses;
-  for (const auto& l : lines)
-    if (l.contains("train/loss")) losses.push_back(l["train/loss"].get<double>());
+  for (const auto& l : lines) {
+    if (!l.contains("train/loss")) continue;
+    losses.push_back(l["train/loss"].get<double>());
+    // Every log line carries the step, lr, throughput and the global gradient norm.
+    EXPECT_TRUE(l.contains("step") && l.contains("train/lr") && l.contains("train/samples_per_s")) << l.dump();
+    ASSERT_TRUE(l.contains("train/grad_norm")) << l.dump();
+    EXPECT_GT(l["train/grad_norm"].get<double>(), 0.0);
+  }
   ASSERT_GE(losses.size(), 4u);
   EXPECT_LT(losses.back(), 0.6 * losses.front()) << "first " << losses.front() << " last " << losses.back();
   EXPECT_GT(s.test_accuracy, 0.6);  // 10 classes: chance is 0.1

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <sstream>
 
 #include "core/autograd.h"
@@ -266,8 +267,12 @@ TrainSummary train(const Config& cfg) {
     Tensor logits = (*model)(batch.inputs);
     Tensor loss = cross_entropy(logits, batch.targets, -100, Reduction::mean, label_smoothing);
     loss.backward();
+    // The global gradient norm: clipped when asked, otherwise only measured at log steps
+    // (an infinite limit never scales), since reading it waits for the device.
+    const bool log_now = step + 1 == total_steps || (step + 1) % log_every == 0;
     double grad_norm = -1;
     if (grad_clip > 0) grad_norm = clip_grad_norm_(params, grad_clip);
+    else if (log_now) grad_norm = clip_grad_norm_(params, std::numeric_limits<double>::infinity());
     optimizer->step();
     optimizer->zero_grad();
     ++step;
@@ -280,7 +285,7 @@ TrainSummary train(const Config& cfg) {
     ++window_steps;
     window_samples += batch.targets.size(0);
 
-    if (step % log_every == 0 || step == total_steps) {
+    if (log_now) {
       const double mean_loss = window_loss.item() / static_cast<double>(window_steps);
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - window_start).count();
       const double samples_per_s = secs > 0 ? static_cast<double>(window_samples) / secs : 0.0;
