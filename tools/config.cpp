@@ -189,11 +189,13 @@ void load_node(Config& cfg, const YAML::Node& node, const std::string& prefix, c
                const std::function<void(const ConfigKey&, ConfigValue, const std::string&)>& set) {
   std::set<std::string> seen;
   for (auto it = node.begin(); it != node.end(); ++it) {
-    const std::string name = it->first.as<std::string>();
+    // Copies: yaml-cpp's iterator hands out a temporary pair, so references would dangle.
+    const YAML::Node key_node = it->first;
+    const YAML::Node value = it->second;
+    const std::string name = key_node.as<std::string>();
     const std::string path = prefix.empty() ? name : prefix + "." + name;
-    const std::string where = file + ":" + std::to_string(it->first.Mark().line + 1);
+    const std::string where = file + ":" + std::to_string(key_node.Mark().line + 1);
     KILN_CHECK(seen.insert(name).second, where, ": duplicate key '", path, "'");
-    const YAML::Node& value = it->second;
     if (value.IsMap()) {
       load_node(cfg, value, path, file, set);
       continue;
