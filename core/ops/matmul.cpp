@@ -102,7 +102,8 @@ Tensor matmul_forward(const Tensor& a, const Tensor& b) {
 // wanted and `b` only when a's is (each gradient needs just the other operand). Written with
 // matmul itself, so it runs on any device and folds and broadcasts the same way.
 std::vector<Tensor> matmul_backward(const Tensor& g, const Tensor& a, const Tensor& b,
-                                    const Shape& a_shape, const Shape& b_shape) {
+                                    const Shape& a_shape, const Shape& b_shape,
+                                    bool b_column_major) {
   Tensor grad_a, grad_b;
   const bool a_vec = a_shape.size() == 1, b_vec = b_shape.size() == 1;
   if (a_vec && b_vec) {  // dot: g is a scalar
@@ -124,9 +125,14 @@ std::vector<Tensor> matmul_backward(const Tensor& g, const Tensor& a, const Tens
   }
   if (a.defined()) {
     const Tensor a2 = a_vec ? a.unsqueeze(0) : a;
-    if (b2_shape.size() == 2 && g2.dim() > 2 && a2.numel() > 0 && g2.numel() > 0) {
+    const int64_t K = a2_shape.back(), N = g2.size(-1);
+    if (b2_shape.size() == 2 && b_column_major && a2.numel() > 0 && g2.numel() > 0) {
+      // b is a transposed view (Linear's W.t()): compute the gradient in W's own layout, so
+      // it reaches W as a contiguous tensor instead of a transposed one that must be copied
+      // element by element (PyTorch's mm_mat2_backward does the same).
+      grad_b = matmul(g2.reshape({-1, N}).t(), a2.reshape({-1, K})).t();
+    } else if (b2_shape.size() == 2 && g2.dim() > 2 && a2.numel() > 0 && g2.numel() > 0) {
       // a2 carries every batch dim: fold them into the GEMM's K instead of summing after.
-      const int64_t K = a2_shape.back(), N = g2.size(-1);
       grad_b = matmul(a2.reshape({-1, K}).t(), g2.reshape({-1, N}));
     } else {
       grad_b = matmul(a2.transpose(-2, -1), g2);
@@ -152,10 +158,12 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     // Each gradient needs only the other operand.
     SavedTensor saved_a(need_b ? a : Tensor()), saved_b(need_a ? b : Tensor());
     record("MatmulBackward", out, {&a, &b},
-           [saved_a, saved_b, a_shape = a.shape(),
-            b_shape = b.shape()](const Tensor& g) -> std::vector<Tensor> {
+           [saved_a, saved_b, a_shape = a.shape(), b_shape = b.shape(),
+            b_column_major = b.dim() == 2 && b.stride(0) == 1 && b.stride(1) == b.size(0) &&
+                             b.size(0) > 1](const Tensor& g) -> std::vector<Tensor> {
              return matmul_backward(g, saved_a.unpack("MatmulBackward"),
-                                    saved_b.unpack("MatmulBackward"), a_shape, b_shape);
+                                    saved_b.unpack("MatmulBackward"), a_shape, b_shape,
+                                    b_column_major);
            });
   }
   return out;
