@@ -40,6 +40,7 @@
 #include "optim/adam.h"
 #include "optim/sgd.h"
 #include "tests/npy.h"
+#include "tests/python_oracle.h"
 
 namespace kiln {
 namespace {
@@ -49,7 +50,7 @@ using kiln::testing::NpyArray;
 using kiln::testing::read_npy;
 using kiln::testing::write_npy;
 
-const char* const kPython = "/usr/bin/python3";
+const std::string& kPython = testing::kSystemPython;
 constexpr double kTolerance = 1e-5;
 
 // One parity run: a model, an optimizer over all its parameters in one group, and its settings
@@ -97,36 +98,18 @@ Diff diff(const Tensor& actual, const NpyArray& expected) {
   return d;
 }
 
-// Runs `cmd` through the shell; returns its exit status and appends its output to `output`.
-int run(const std::string& cmd, std::string* output) {
-  FILE* pipe = popen((cmd + " 2>&1").c_str(), "r");
-  if (!pipe) return -1;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, pipe)) output->append(buf, n);
-  const int status = pclose(pipe);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 std::string shell_quote(const std::string& s) { return "'" + s + "'"; }
 
 class ModelParity : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    if (access(kPython, X_OK) != 0) {
-      skip_reason_ = std::string(kPython) + " not found (scripts/setup.sh installs python3-torch)";
-      return;
-    }
-    const std::string probe = std::string(kPython) + " -c 'import torch, numpy' >/dev/null 2>&1";
-    if (std::system(probe.c_str()) != 0)
-      skip_reason_ = std::string(kPython) +
-                     " cannot import torch and numpy (scripts/setup.sh installs python3-torch)";
+    skip_reason_ = testing::python_unavailable(kPython, "torch, numpy");
   }
 
   void SetUp() override {
     if (!skip_reason_.empty()) GTEST_SKIP() << skip_reason_;
-    std::string tmpl = (fs::temp_directory_path() / "kiln_model_parity_XXXXXX").string();
-    ASSERT_NE(mkdtemp(tmpl.data()), nullptr) << "mkdtemp failed for " << tmpl;
-    dir_ = tmpl;
+    dir_ = testing::make_temp_dir("kiln_model_parity_");
+    ASSERT_FALSE(dir_.empty()) << "cannot make a temporary directory";
   }
 
   void TearDown() override {
@@ -160,8 +143,7 @@ class ModelParity : public ::testing::Test {
   }
 
   void check(const StepCase& c) {
-    const char* src = std::getenv("KILN_SOURCE_DIR");
-    const fs::path script = fs::path(src ? src : ".") / "tests" / "parity" / "model_step.py";
+    const fs::path script = testing::parity_script("model_step.py");
     ASSERT_TRUE(fs::exists(script)) << "reference script " << script << " not found (set KILN_SOURCE_DIR)";
 
     Setup setup = make_setup(c);
@@ -178,10 +160,9 @@ class ModelParity : public ::testing::Test {
         << " --model " << c.spec.name << " --optimizer " << c.optimizer << " --steps " << c.steps
         << " --lr " << c.lr << " --weight-decay " << c.weight_decay << " --momentum " << c.momentum
         << " --betas " << c.beta1 << " " << c.beta2 << " --eps " << c.eps;
-    std::string output;
-    const int status = run(cmd.str(), &output);
-    ASSERT_EQ(status, 0) << cmd.str() << " failed:\n" << output;
-    std::cout << output;
+    const testing::CommandResult r = testing::run_command(cmd.str() + " 2>&1");
+    ASSERT_TRUE(r.ok) << r.failure;
+    std::cout << r.output;
 
     // ---- c.steps steps: kiln's loss and gradients, then the step from PyTorch's gradients.
     nn::Module& model = *setup.model;

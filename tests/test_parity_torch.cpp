@@ -22,6 +22,7 @@
 #include "core/ops.h"
 #include "core/tensor.h"
 #include "tests/npy.h"
+#include "tests/python_oracle.h"
 
 namespace kiln {
 namespace {
@@ -31,7 +32,7 @@ using kiln::testing::NpyArray;
 using kiln::testing::read_npy;
 using kiln::testing::write_npy;
 
-const char* const kPython = "/usr/bin/python3";
+const std::string& kPython = testing::kSystemPython;
 const char* const kInputNames[] = {"x", "W1", "b1", "W2", "b2"};
 constexpr int kNumInputs = 5;
 
@@ -88,28 +89,18 @@ class ParityTorch : public ::testing::Test {
  protected:
   // Writes the inputs and runs the reference once for both dtypes.
   static void SetUpTestSuite() {
-    if (access(kPython, X_OK) != 0) {
-      skip_reason_ = std::string(kPython) + " not found (scripts/setup.sh installs python3-torch)";
-      return;
-    }
-    const std::string probe = std::string(kPython) + " -c 'import torch, numpy' >/dev/null 2>&1";
-    if (std::system(probe.c_str()) != 0) {
-      skip_reason_ = std::string(kPython) +
-                     " cannot import torch and numpy (scripts/setup.sh installs python3-torch)";
-      return;
-    }
-    const char* src = std::getenv("KILN_SOURCE_DIR");
-    const fs::path script = fs::path(src ? src : ".") / "tests" / "parity" / "mlp_ce.py";
+    skip_reason_ = testing::python_unavailable(kPython, "torch, numpy");
+    if (!skip_reason_.empty()) return;
+    const fs::path script = testing::parity_script("mlp_ce.py");
     if (!fs::exists(script)) {
       failure_ = "reference script " + script.string() + " not found (set KILN_SOURCE_DIR)";
       return;
     }
-    std::string tmpl = (fs::temp_directory_path() / "kiln_parity_XXXXXX").string();
-    if (!mkdtemp(tmpl.data())) {
-      failure_ = "mkdtemp failed for " + tmpl;
+    dir_ = testing::make_temp_dir("kiln_parity_").string();
+    if (dir_.empty()) {
+      failure_ = "cannot make a temporary directory";
       return;
     }
-    dir_ = tmpl;
 
     // Deterministic inputs, scaled like a default init so every activation is in range.
     Generator gen(20240611);
@@ -124,18 +115,9 @@ class ParityTorch : public ::testing::Test {
       write_npy(fs::path(dir_) / (std::string(kInputNames[i]) + ".npy"), inputs_[i]);
     write_npy(fs::path(dir_) / "targets.npy", targets_);
 
-    const std::string cmd = std::string(kPython) + " '" + script.string() + "' '" + dir_ + "' 2>&1";
-    FILE* pipe = popen(cmd.c_str(), "r");
-    if (!pipe) {
-      failure_ = "cannot run " + cmd;
-      return;
-    }
-    std::string output;
-    char buf[4096];
-    while (size_t n = fread(buf, 1, sizeof buf, pipe)) output.append(buf, n);
-    const int status = pclose(pipe);
-    if (status != 0)
-      failure_ = cmd + " failed (status " + std::to_string(WEXITSTATUS(status)) + "):\n" + output;
+    const testing::CommandResult r =
+        testing::run_command(kPython + " '" + script.string() + "' '" + dir_ + "' 2>&1");
+    if (!r.ok) failure_ = r.failure;
   }
 
   static void TearDownTestSuite() {
