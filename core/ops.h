@@ -4,6 +4,8 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "core/tensor.h"
@@ -146,5 +148,41 @@ Tensor batch_norm(const Tensor& input, const Tensor& weight, const Tensor& bias,
 // are scaled by 1 / (1 - p); CPU and CUDA drop the same elements for one generator state.
 // Identity when !training or p == 0; zeros when p == 1.
 Tensor dropout(const Tensor& x, double p, bool training, Generator* gen = nullptr);
+
+
+// ---- transformer ops (core/ops/transformer.cpp, core/ops/attention.cpp, core/ops/linear.cpp)
+// torch.nn.functional.embedding: rows of weight [V, C] picked by integer indices of any shape,
+// giving [..., C]. The weight gradient adds rows in a fixed order without atomics, so it is
+// bit-identical from run to run on one device.
+Tensor embedding(const Tensor& weight, const Tensor& indices);
+// torch.nn.functional.layer_norm over the last dim; weight and bias [C] or undefined.
+// Statistics are computed in f32 (f64 for f64 inputs); the output has x's dtype.
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps = 1e-5);
+// The pre-LN transformer's residual step fused into one pass (one kernel on CUDA):
+// returns {sum, normed} with sum = x + residual and normed = layer_norm(sum, weight, bias).
+std::pair<Tensor, Tensor> add_layer_norm(const Tensor& x, const Tensor& residual, const Tensor& weight,
+                                         const Tensor& bias, double eps = 1e-5);
+// torch.nn.functional.linear: x [..., in] @ weight[out, in]^T + bias [out] (bias optional),
+// then GELU (tanh) when `activation` says so. On CUDA the bias and GELU are cuBLASLt epilogues.
+enum class Activation : uint8_t { none, gelu };
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor(),
+              Activation activation = Activation::none);
+// Cross-entropy of logits [N, V] against targets [N] fused with its own backward (llm.c's
+// fused classifier): one pass per row computes the loss and the gradient, which is kept for
+// backward, so probabilities are never stored. Mean over targets != ignore_index. Only the
+// first `valid_classes` columns take part (-1: all): GPT-2's vocab padded to 50304 keeps
+// 50257; padded columns get zero gradient. Same numbers as cross_entropy on those columns.
+Tensor fused_cross_entropy(const Tensor& logits, const Tensor& targets, int64_t valid_classes = -1,
+                           int64_t ignore_index = -100);
+// softmax(q k^T / sqrt(D) + causal mask) v for q [B, H, Tq, D], k and v [B, H, Tk, D].
+// is_causal needs Tq == Tk (query i sees keys 0..i). Backends give the same numbers:
+//   naive   matmul, mask, softmax, matmul: the reference, any device and dtype
+//   flash   tiled with an online softmax, O(T) memory; a hand-written CUDA kernel (f32, bf16
+//           with f32 accumulation); on the CPU it runs the same tiling in plain C++
+//   batched cuBLAS strided-batched GEMMs around a fused mask+softmax kernel (CUDA; naive on CPU)
+enum class AttentionBackend : uint8_t { naive, flash, batched };
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool is_causal,
+                                    AttentionBackend backend = AttentionBackend::naive);
+AttentionBackend parse_attention_backend(const std::string& name);  // "naive", "flash", "batched"
 
 }  // namespace kiln
