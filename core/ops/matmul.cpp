@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "core/autocast.h"
 #include "core/autograd.h"
 #include "core/ops.h"
 
@@ -145,7 +146,10 @@ std::vector<Tensor> matmul_backward(const Tensor& g, const Tensor& a, const Tens
 
 }  // namespace
 
-Tensor matmul(const Tensor& a, const Tensor& b) {
+Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
+  // Under autocast, f32 operands become bf16/f16 through differentiable casts, so their
+  // gradients come back f32 (core/autocast.h).
+  const Tensor a = autocast_input(a_in), b = autocast_input(b_in);
   check_operands("matmul", a, b);
   KILN_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: both arguments need at least 1 dim, got ",
              a.meta_str(), " and ", b.meta_str());
@@ -169,7 +173,8 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   return out;
 }
 
-Tensor bmm(const Tensor& a, const Tensor& b) {
+Tensor bmm(const Tensor& a_in, const Tensor& b_in) {
+  const Tensor a = autocast_input(a_in), b = autocast_input(b_in);
   check_operands("bmm", a, b);
   KILN_CHECK(a.dim() == 3 && b.dim() == 3, "bmm: expected 3-D tensors, got ", a.meta_str(), " and ",
              b.meta_str());
