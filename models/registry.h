@@ -25,6 +25,15 @@ struct ModelSpec {
   std::vector<int64_t> channels = {32, 64, 128};
   int64_t blocks_per_stage = 2;
   int64_t in_channels = 1, height = 28, width = 28;
+
+  // gpt (models/gpt.h). `preset` names a size ("gpt2-124M", "gpt2-medium", "gpt-char-tiny",
+  // ...; see gpt_preset_names()); each size field below that is 0 takes the preset's value and
+  // a nonzero one overrides it. Without a preset every size must be given. `dropout` above is
+  // GPT-2's single dropout probability (embeddings, attention, residual branches).
+  std::string preset;
+  int64_t n_layer = 0, n_head = 0, n_embd = 0, block_size = 0, vocab_size = 0;
+  int64_t padded_vocab_size = 0;  // 0: vocab_size rounded up to a multiple of 128 (llm.c)
+  std::string attention = "naive";  // scaled_dot_product_attention backend: naive, flash, batched
 };
 
 using ModelFactory = std::function<std::shared_ptr<nn::Module>(const ModelSpec&, Generator*)>;
