@@ -30,6 +30,9 @@ class Communicator {
   virtual int rank() const = 0;
   virtual int world_size() const = 0;
   virtual std::string backend() const = 0;  // "gloo" or "nccl"
+  // The same id on every rank of one job (rank 0 makes it at the rendezvous): for run
+  // directories and logs that must agree across ranks.
+  virtual std::string run_id() const { return {}; }
 
   // In place on a contiguous tensor; every rank passes the same shape and dtype.
   virtual std::shared_ptr<Work> all_reduce_async(Tensor& t, ReduceOp op = ReduceOp::sum) = 0;

@@ -68,9 +68,13 @@ inline std::vector<int> run_ranks(const std::string& gtest_filter, int world_siz
         "KILN_DIST_WORKER=1", "RANK=" + std::to_string(r), "LOCAL_RANK=" + std::to_string(r),
         "WORLD_SIZE=" + std::to_string(world_size), "MASTER_ADDR=127.0.0.1",
         "MASTER_PORT=" + std::to_string(port), "OMP_NUM_THREADS=1"};
-    if (options.extra_env)
-      for (std::string& e : options.extra_env(r)) env.push_back(std::move(e));
     auto name_of = [](const std::string& e) { return e.substr(0, e.find('=')); };
+    if (options.extra_env) {
+      for (std::string& extra : options.extra_env(r)) {
+        std::erase_if(env, [&](const std::string& e) { return name_of(e) == name_of(extra); });
+        env.push_back(std::move(extra));
+      }
+    }
     for (char** e = environ; *e; ++e) {
       const std::string entry = *e;
       bool replaced = false;
