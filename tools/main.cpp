@@ -15,6 +15,8 @@ int main(int argc, char** argv) {
 
   int exit_code = 0;
   kiln::cli::add_train_commands(app, exit_code);
+  kiln::cli::add_launch_command(app, exit_code);
+  kiln::cli::add_tokenize_commands(app, exit_code);
 
   try {
     app.parse(argc, argv);
