@@ -133,11 +133,14 @@ TEST(Gpt, Gpt2Init) {
 
 // ---------------------------------------------------------------- training
 
+// GPT-2's init makes logits of std ~0.02 sqrt(C) (0.23 here), so the loss is ln V plus about
+// half their variance (~0.03 nats).
 TEST(Gpt, LossAtInitIsNearLnVocab) {
-  GPT model(models::gpt_preset("gpt-char-tiny"));
+  Generator gen(31);
+  GPT model(models::gpt_preset("gpt-char-tiny"), &gen);
   const Tensor idx = tokens(4, 64, 256, 11), targets = tokens(4, 64, 256, 12);
   const double loss = model.loss(model.forward(idx), targets).item();
-  EXPECT_NEAR(loss, std::log(256.0), 0.05);
+  EXPECT_NEAR(loss, std::log(256.0), 0.1);
 }
 
 // The lm_head shares wte: wte's gradient must hold both uses. Checked in f64 against central
