@@ -10,10 +10,11 @@ namespace kiln {
 class Progress {
  public:
   explicit Progress(int64_t total_steps, int64_t first_step = 0);
-  // Formats "step 120/2000 | loss 0.4123 | lr 1.00e-03 | 5123 samples/s | ETA 1m12s".
-  std::string status(int64_t step, double loss, double lr, double samples_per_s) const;
+  // Formats "step 120/2000 | loss 0.4123 | lr 1.00e-03 | 5123 samples/s | ETA 1m12s"; `unit`
+  // names what `rate` counts ("tokens" for language models).
+  std::string status(int64_t step, double loss, double lr, double rate, const char* unit = "samples") const;
   // Redraws the bar in place when stdout is a terminal; does nothing otherwise.
-  void draw(int64_t step, double loss, double lr, double samples_per_s);
+  void draw(int64_t step, double loss, double lr, double rate, const char* unit = "samples");
   void finish();  // ends the bar's line
   bool is_tty() const { return tty_; }
 

@@ -46,7 +46,7 @@ void add_train_commands(CLI::App& app, int& exit_code) {
   });
 
   auto eval_args = std::make_shared<TrainArgs>();
-  auto* eval = app.add_subcommand("eval", "evaluate a checkpoint on the test split");
+  auto* eval = app.add_subcommand("eval", "evaluate a checkpoint on the test split (images) or the val shards (tokens)");
   eval->add_option("config", eval_args->config_file, "YAML config file of the run")->required();
   eval->add_option("overrides", eval_args->overrides,
                    "checkpoint=PATH (a file or a run directory) and key=value overrides");
@@ -59,8 +59,7 @@ void add_train_commands(CLI::App& app, int& exit_code) {
     }
     KILN_CHECK(!checkpoint.empty(), "kiln eval: pass checkpoint=PATH (a checkpoint file or a run directory)");
     const EvalSummary e = evaluate(load_config(eval_args->config_file, rest), checkpoint);
-    std::printf("test loss %.4f, test accuracy %.2f%% (%lld images)\n", e.loss, 100 * e.accuracy,
-                static_cast<long long>(e.samples));
+    std::printf("%s\n", e.text.c_str());
   });
 }
 

@@ -1,7 +1,10 @@
-// The training runner, in the order it happens: device, run directory, model, data,
-// optimizer and schedule, resume, the loop (step, log, evaluate, checkpoint), the end.
+// The training runner, in the order it happens: device, run directory, data and model (a
+// TrainTask: images or token shards, tools/train_task.h), optimizer, schedule and loss scaler,
+// resume, the loop (micro-batches forward and backward under autocast, clip, step, log,
+// evaluate, checkpoint), the end.
 #include "tools/trainer.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -11,13 +14,14 @@
 #include <limits>
 #include <sstream>
 
+#include "core/autocast.h"
 #include "core/autograd.h"
 #include "core/generator.h"
 #include "core/ops.h"
 #include "data/dataloader.h"
-#include "data/dataset.h"
 #include "models/registry.h"
 #include "optim/clip_grad.h"
+#include "optim/grad_scaler.h"
 #include "optim/param_groups.h"
 #include "optim/lr_schedule.h"
 #include "optim/optimizer.h"
@@ -28,6 +32,7 @@
 #include "tools/io/tensorboard.h"
 #include "tools/progress.h"
 #include "tools/run_dir.h"
+#include "tools/train_task.h"
 
 namespace kiln {
 
@@ -68,38 +73,6 @@ Device resolve_device(const std::string& spec) {
   return d;
 }
 
-models::ModelSpec model_spec(const Config& cfg, const Shape& chw) {
-  models::ModelSpec s;
-  s.name = cfg.get_string("model.name");
-  s.hidden_sizes = cfg.get_int_list("model.hidden_sizes");
-  s.activation = cfg.get_string("model.activation");
-  s.dropout = cfg.get_float("model.dropout");
-  s.num_classes = cfg.get_int("model.num_classes");
-  s.channels = cfg.get_int_list("model.channels");
-  s.blocks_per_stage = cfg.get_int("model.blocks_per_stage");
-  s.in_channels = chw[0];
-  s.height = chw[1];
-  s.width = chw[2];
-  return s;
-}
-
-DataLoaderOptions loader_options(const Config& cfg, bool training, Device device) {
-  DataLoaderOptions o;
-  o.batch_size = cfg.get_int(training ? "data.batch_size" : "data.eval_batch_size");
-  o.shuffle = training && cfg.get_bool("data.shuffle");
-  o.seed = static_cast<uint64_t>(cfg.get_int("train.seed"));
-  o.drop_last = training && cfg.get_bool("data.drop_last");
-  o.transform.mean = {cfg.get_float("data.mean")};
-  o.transform.std = {cfg.get_float("data.std")};
-  if (training) {
-    o.transform.crop_padding = cfg.get_int("data.random_crop_padding");
-    o.transform.horizontal_flip = cfg.get_bool("data.horizontal_flip");
-  }
-  o.prefetch = cfg.get_int("data.prefetch");
-  o.device = device;
-  return o;
-}
-
 std::unique_ptr<Optimizer> make_optimizer_from(const Config& cfg, const nn::Module& model) {
   OptimizerOptions o;
   o.lr = cfg.get_float("optim.lr");
@@ -126,50 +99,34 @@ std::unique_ptr<LRSchedule> make_schedule_from(const Config& cfg) {
   return make_lr_schedule(cfg.get_string("schedule.name"), o);
 }
 
-struct Evaluation {
-  double loss = 0, accuracy = 0;
-  int64_t samples = 0;
-};
-
-// Mean loss and accuracy over one pass of `loader`; sums stay on the device until the end.
-Evaluation run_eval(nn::Module& model, DataLoader& loader) {
-  const bool was_training = model.is_training();
-  model.eval();
-  NoGradGuard no_grad;
-  loader.set_state({});
-  Tensor loss_sum, correct;
-  int64_t n = 0;
-  Batch b;
-  while (loader.next(b)) {
-    Tensor logits = model(b.inputs);
-    Tensor l = cross_entropy(logits, b.targets, -100, Reduction::sum).to(DType::f64);
-    Tensor c = sum(eq(argmax(logits, 1), b.targets));
-    loss_sum = loss_sum.defined() ? add(loss_sum, l) : l;
-    correct = correct.defined() ? add(correct, c) : c;
-    n += b.targets.size(0);
-  }
-  model.train(was_training);
-  Evaluation e;
-  e.samples = n;
-  if (n > 0) {
-    e.loss = loss_sum.item() / static_cast<double>(n);
-    e.accuracy = correct.item() / static_cast<double>(n);
-  }
-  return e;
-}
-
-std::string fixed(double v, int digits) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
-  return buf;
-}
-
 // The checkpoint to resume from, per train.resume: never, auto, or a path.
 std::optional<fs::path> resume_point(const std::string& resume, const fs::path& run_dir) {
   if (resume == "never") return std::nullopt;
   if (resume == "auto") return io::latest_valid_checkpoint(run_dir / "checkpoints");
   KILN_CHECK(fs::exists(resume), "train.resume: checkpoint ", resume, " does not exist");
   return fs::path(resume);
+}
+
+// train.precision: the autocast dtype of the forward pass and the loss; f32 means no autocast.
+struct Precision {
+  bool autocast = false;
+  DType dtype = DType::bf16;
+};
+Precision precision_from(const Config& cfg) {
+  const std::string p = cfg.get_string("train.precision");
+  if (p == "bf16") return {true, DType::bf16};
+  if (p == "f16") return {true, DType::f16};
+  return {};
+}
+
+// Rows [start, start + n) of a batch: a micro-batch (views, no copies).
+Batch slice_rows(const Batch& b, int64_t start, int64_t n) {
+  if (start == 0 && n == b.targets.size(0)) return b;
+  Batch m = b;
+  m.inputs = b.inputs.narrow(0, start, n);
+  m.targets = b.targets.narrow(0, start, n);
+  if (!b.indices.empty()) m.indices.assign(b.indices.begin() + start, b.indices.begin() + start + n);
+  return m;
 }
 
 }  // namespace
@@ -182,6 +139,10 @@ TrainSummary train(const Config& cfg) {
   // Checked before anything is written: bad schedule options leave no run directory behind.
   auto schedule = make_schedule_from(cfg);
 
+  // Data first: a missing dataset or shard should fail before any work is done or any
+  // directory is made.
+  auto task = TrainTask::create(cfg, device, /*training=*/true);
+
   // Run directory: a fresh one, or the one named by log.run_dir (what resume uses).
   std::string name = cfg.get_string("log.name");
   if (name.empty()) name = fs::path(cfg.source()).stem().string();
@@ -190,18 +151,15 @@ TrainSummary train(const Config& cfg) {
   io::write_file_atomic(run_dir / "config.yaml", cfg.to_yaml());
   RunLog log(run_dir / "train.log");
 
-  // Data first: a missing dataset should fail before any work is done.
-  const std::string dataset = cfg.get_string("data.dataset");
-  auto train_set = std::make_shared<ImageDataset>(load_dataset(dataset, "train", cfg.get_string("data.dir")));
-  auto test_set = std::make_shared<ImageDataset>(load_dataset(dataset, "test", cfg.get_string("data.dir")));
-  DataLoader train_loader(train_set, loader_options(cfg, true, device));
-  DataLoader test_loader(test_set, loader_options(cfg, false, device));
-
   // Model: initialised from the default generator (so dropout continues the same stream).
   manual_seed(seed);
-  auto model = models::make_model(model_spec(cfg, train_set->sample_shape()));
+  auto model = models::make_model(task->model_spec());
+  task->prepare_model(*model);
   model->to(device);
   auto optimizer = make_optimizer_from(cfg, *model);
+  const Precision precision = precision_from(cfg);
+  // f16's narrow range needs loss scaling; bf16 has f32's range and needs none.
+  GradScaler scaler({.enabled = precision.autocast && precision.dtype == DType::f16});
 
   int64_t step = 0;
   if (auto ckpt = resume_point(cfg.get_string("train.resume"), run_dir)) {
@@ -209,14 +167,23 @@ TrainSummary train(const Config& cfg) {
     model->load_state_dict(c.model);
     optimizer->load_state_tensors(c.optim);
     default_generator().set_state(c.rng_seed, c.rng_offset);
-    train_loader.set_state({c.data_loader.at("epoch").get<int64_t>(), c.data_loader.at("batch").get<int64_t>()});
+    task->load_data_state(c.data_loader);
+    if (scaler.is_enabled() && c.extra.contains("grad_scaler")) {
+      const json& gs = c.extra["grad_scaler"];
+      scaler.load_state({gs.at("scale").get<double>(), gs.at("growth_tracker").get<int64_t>()});
+    }
     step = c.step;
     log.line("resumed from " + ckpt->string() + " at step " + std::to_string(step));
   }
 
+  const int64_t micro_batch = cfg.get_int("data.batch_size");
+  const int64_t accum = cfg.get_int("train.grad_accum_steps");
   log.line("kiln train: " + model->type_name() + " " + cfg.get_string("model.name") + " with " +
            std::to_string(model->num_parameters()) + " parameters on " + device.str() + ", " +
-           std::to_string(total_steps) + " steps, batch " + std::to_string(cfg.get_int("data.batch_size")));
+           std::to_string(total_steps) + " steps, batch " + std::to_string(micro_batch) +
+           (accum > 1 ? " x " + std::to_string(accum) + " micro-batches" : "") + ", " +
+           cfg.get_string("train.precision"));
+  log.line("data: " + task->describe());
   log.line("run directory: " + run_dir.string());
 
   io::JsonlWriter metrics(run_dir / "metrics.jsonl");
@@ -229,8 +196,11 @@ TrainSummary train(const Config& cfg) {
     c.optim = optimizer->state_tensors();
     c.rng_seed = default_generator().seed();
     c.rng_offset = default_generator().offset();
-    const LoaderState ls = train_loader.state();
-    c.data_loader = json{{"epoch", ls.epoch}, {"batch", ls.batch}};
+    c.data_loader = task->data_state();
+    if (scaler.is_enabled()) {
+      const GradScalerState gs = scaler.state();
+      c.extra["grad_scaler"] = {{"scale", gs.scale}, {"growth_tracker", gs.growth_tracker}};
+    }
     c.config = cfg.to_yaml();
     return io::save_checkpoint(run_dir / "checkpoints", at, c, static_cast<int>(cfg.get_int("checkpoint.keep_last")));
   };
@@ -246,7 +216,6 @@ TrainSummary train(const Config& cfg) {
   const int64_t eval_every = cfg.get_int("train.eval_every");
   const int64_t ckpt_every = cfg.get_int("checkpoint.every");
   const double grad_clip = cfg.get_float("optim.grad_clip");
-  const double label_smoothing = cfg.get_float("train.label_smoothing");
   const std::vector<Tensor> params = model->parameters();
 
   TrainSummary summary;
@@ -254,61 +223,92 @@ TrainSummary train(const Config& cfg) {
   StopSignals signals;
   Progress progress(total_steps, step);
   Tensor window_loss;  // summed on the device between log lines: no sync per step
-  int64_t window_steps = 0, window_samples = 0;
+  int64_t window_steps = 0, window_samples = 0, window_tokens = 0;
   auto window_start = std::chrono::steady_clock::now();
   model->train();
 
   while (step < total_steps) {
-    Batch batch;
-    if (!train_loader.next(batch)) continue;  // end of an epoch: the loader moves to the next
-
+    const Batch batch = task->next_batch();
     const double lr = schedule->lr_at(step);
     apply_lr_schedule(*optimizer, *schedule, step);
-    Tensor logits = (*model)(batch.inputs);
-    Tensor loss = cross_entropy(logits, batch.targets, -100, Reduction::mean, label_smoothing);
-    loss.backward();
+
+    // Forward and backward micro-batch by micro-batch; gradients add up in .grad. Each loss is
+    // weighted by its share of the step's rows, so the sum is the mean over the whole batch and
+    // N micro-batches of B make the same step as one batch of N*B.
+    const int64_t rows = batch.targets.size(0);
+    Tensor step_loss;
+    for (int64_t start = 0; start < rows; start += micro_batch) {
+      const int64_t n = std::min(micro_batch, rows - start);
+      const Batch micro = slice_rows(batch, start, n);
+      Tensor loss;
+      {
+        AutocastGuard autocast(precision.dtype, precision.autocast);
+        loss = task->loss(*model, micro);
+      }
+      if (n != rows) loss = mul(loss, static_cast<double>(n) / static_cast<double>(rows));
+      scaler.scale(loss).backward();
+      NoGradGuard no_grad;
+      Tensor l = loss.detach().to(DType::f64);
+      step_loss = step_loss.defined() ? add(step_loss, l) : l;
+    }
+
     // The global gradient norm: clipped when asked, otherwise only measured at log steps
-    // (an infinite limit never scales), since reading it waits for the device.
+    // (an infinite limit never scales), since reading it waits for the device. With f16 the
+    // gradients are unscaled first, so the clip sees their true size.
     const bool log_now = step + 1 == total_steps || (step + 1) % log_every == 0;
     double grad_norm = -1;
+    if (scaler.is_enabled() && (grad_clip > 0 || log_now)) scaler.unscale_(*optimizer);
     if (grad_clip > 0) grad_norm = clip_grad_norm_(params, grad_clip);
     else if (log_now) grad_norm = clip_grad_norm_(params, std::numeric_limits<double>::infinity());
-    optimizer->step();
+    scaler.step(*optimizer);  // skipped when an f16 gradient overflowed
+    scaler.update();
     optimizer->zero_grad();
     ++step;
 
     {
       NoGradGuard no_grad;
-      Tensor l = loss.detach().to(DType::f64);
-      window_loss = window_loss.defined() ? add(window_loss, l) : l;
+      window_loss = window_loss.defined() ? add(window_loss, step_loss) : step_loss;
     }
     ++window_steps;
-    window_samples += batch.targets.size(0);
+    window_samples += rows;
+    window_tokens += task->tokens(batch);
 
     if (log_now) {
       const double mean_loss = window_loss.item() / static_cast<double>(window_steps);
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - window_start).count();
       const double samples_per_s = secs > 0 ? static_cast<double>(window_samples) / secs : 0.0;
+      const double tokens_per_s = secs > 0 ? static_cast<double>(window_tokens) / secs : 0.0;
       json values = {{"train/loss", mean_loss}, {"train/lr", lr}, {"train/samples_per_s", samples_per_s}};
+      if (window_tokens > 0) values["train/tokens_per_s"] = tokens_per_s;
       if (grad_norm >= 0) values["train/grad_norm"] = grad_norm;
+      if (scaler.is_enabled()) {
+        values["train/loss_scale"] = scaler.get_scale();
+        values["train/skipped_steps"] = static_cast<double>(scaler.skipped_steps());
+      }
       record(step, values);
       if (tb) tb->flush();  // TensorBoard shows points as they come
+      // LM runs report tokens/s, image runs samples/s.
+      const double rate = window_tokens > 0 ? tokens_per_s : samples_per_s;
+      const char* unit = window_tokens > 0 ? "tokens" : "samples";
       if (progress.is_tty()) {
-        progress.draw(step, mean_loss, lr, samples_per_s);
-        log.file_only(progress.status(step, mean_loss, lr, samples_per_s));
+        progress.draw(step, mean_loss, lr, rate, unit);
+        log.file_only(progress.status(step, mean_loss, lr, rate, unit));
       } else {
-        log.line(progress.status(step, mean_loss, lr, samples_per_s));
+        log.line(progress.status(step, mean_loss, lr, rate, unit));
       }
       window_loss = Tensor();
-      window_steps = window_samples = 0;
+      window_steps = window_samples = window_tokens = 0;
       window_start = std::chrono::steady_clock::now();
     }
     if ((eval_every > 0 && step % eval_every == 0) || step == total_steps) {
-      const Evaluation e = run_eval(*model, test_loader);
+      Evaluation e;
+      {
+        AutocastGuard autocast(precision.dtype, precision.autocast);
+        e = task->evaluate(*model);
+      }
       progress.finish();
-      log.line("eval at step " + std::to_string(step) + ": test loss " + fixed(e.loss, 4) +
-               ", test accuracy " + fixed(100 * e.accuracy, 2) + "% (" + std::to_string(e.samples) + " images)");
-      record(step, {{"eval/loss", e.loss}, {"eval/accuracy", e.accuracy}});
+      log.line("eval at step " + std::to_string(step) + ": " + e.summary);
+      record(step, e.metrics);
       summary.test_loss = e.loss;
       summary.test_accuracy = e.accuracy;
     }
@@ -344,14 +344,14 @@ EvalSummary evaluate(const Config& cfg, const std::string& checkpoint) {
     path = *latest;
   }
   io::CheckpointContents c = io::load_checkpoint(path);
-  const std::string dataset = cfg.get_string("data.dataset");
-  auto test_set = std::make_shared<ImageDataset>(load_dataset(dataset, "test", cfg.get_string("data.dir")));
-  auto model = models::make_model(model_spec(cfg, test_set->sample_shape()));
+  auto task = TrainTask::create(cfg, device, /*training=*/false);
+  auto model = models::make_model(task->model_spec());
   model->load_state_dict(c.model);
   model->to(device);
-  DataLoader loader(test_set, loader_options(cfg, false, device));
-  const Evaluation e = run_eval(*model, loader);
-  return {e.loss, e.accuracy, e.samples};
+  const Precision precision = precision_from(cfg);
+  AutocastGuard autocast(precision.dtype, precision.autocast);
+  const Evaluation e = task->evaluate(*model);
+  return {e.loss, e.accuracy, e.items, e.summary};
 }
 
 }  // namespace kiln

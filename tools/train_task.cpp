@@ -1,0 +1,284 @@
+// The two training tasks: image classification and next-token prediction on token shards.
+#include "tools/train_task.h"
+
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+
+#include "core/autograd.h"
+#include "core/ops.h"
+#include "data/dataset.h"
+#include "data/token_loader.h"
+#include "models/gpt.h"
+#include "tools/io/hf_gpt2.h"
+
+namespace kiln {
+
+using nlohmann::json;
+
+namespace {
+
+std::string fixed(double v, int digits) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+
+// Losses are reported and accumulated in f32 even when autocast made the logits 16-bit.
+Tensor loss_in_f32(const Tensor& loss) {
+  return loss.dtype() == DType::f16 || loss.dtype() == DType::bf16 ? loss.to(DType::f32) : loss;
+}
+
+// Rows per step: the micro-batch size times the accumulation steps.
+int64_t rows_per_step(const Config& cfg) {
+  return cfg.get_int("data.batch_size") * cfg.get_int("train.grad_accum_steps");
+}
+
+// ---------------------------------------------------------------- images
+class ImageTask final : public TrainTask {
+ public:
+  ImageTask(const Config& cfg, Device device, bool training)
+      : cfg_(cfg), label_smoothing_(cfg.get_float("train.label_smoothing")) {
+    const std::string dataset = cfg.get_string("data.dataset"), dir = cfg.get_string("data.dir");
+    if (training) {
+      train_set_ = std::make_shared<ImageDataset>(load_dataset(dataset, "train", dir));
+      train_loader_ = std::make_unique<DataLoader>(train_set_, loader_options(true, device));
+    }
+    test_set_ = std::make_shared<ImageDataset>(load_dataset(dataset, "test", dir));
+    test_loader_ = std::make_unique<DataLoader>(test_set_, loader_options(false, device));
+  }
+
+  models::ModelSpec model_spec() const override { return model_spec_from(cfg_, test_set_->sample_shape()); }
+  void prepare_model(nn::Module&) override {
+    KILN_CHECK(cfg_.get_string("model.init_from").empty(), "model.init_from loads GPT-2 weights; model.name is ",
+               cfg_.get_string("model.name"));
+  }
+
+  Batch next_batch() override {
+    Batch b;
+    while (!train_loader_->next(b)) {
+    }  // false once at the end of an epoch: the loader moves on to the next
+    return b;
+  }
+  Tensor loss(nn::Module& model, const Batch& b) const override {
+    return loss_in_f32(cross_entropy(model(b.inputs), b.targets, -100, Reduction::mean, label_smoothing_));
+  }
+  int64_t tokens(const Batch&) const override { return 0; }
+
+  // Mean loss and accuracy over the test split; sums stay on the device until the end.
+  Evaluation evaluate(nn::Module& model) override {
+    const bool was_training = model.is_training();
+    model.eval();
+    NoGradGuard no_grad;
+    test_loader_->set_state({});
+    Tensor loss_sum, correct;
+    int64_t n = 0;
+    Batch b;
+    while (test_loader_->next(b)) {
+      Tensor logits = model(b.inputs);
+      Tensor l = cross_entropy(logits, b.targets, -100, Reduction::sum).to(DType::f64);
+      Tensor c = sum(eq(argmax(logits, 1), b.targets));
+      loss_sum = loss_sum.defined() ? add(loss_sum, l) : l;
+      correct = correct.defined() ? add(correct, c) : c;
+      n += b.targets.size(0);
+    }
+    model.train(was_training);
+    Evaluation e;
+    e.items = n;
+    if (n > 0) {
+      e.loss = loss_sum.item() / static_cast<double>(n);
+      e.accuracy = correct.item() / static_cast<double>(n);
+    }
+    e.metrics = {{"eval/loss", e.loss}, {"eval/accuracy", e.accuracy}};
+    e.summary = "test loss " + fixed(e.loss, 4) + ", test accuracy " + fixed(100 * e.accuracy, 2) + "% (" +
+                std::to_string(n) + " images)";
+    return e;
+  }
+
+  json data_state() const override {
+    const LoaderState s = train_loader_->state();
+    return {{"epoch", s.epoch}, {"batch", s.batch}};
+  }
+  void load_data_state(const json& s) override {
+    train_loader_->set_state({s.at("epoch").get<int64_t>(), s.at("batch").get<int64_t>()});
+  }
+  std::string describe() const override {
+    return cfg_.get_string("data.dataset") + " (" + std::to_string(train_set_ ? train_set_->size() : 0) +
+           " training images)";
+  }
+
+ private:
+  DataLoaderOptions loader_options(bool training, Device device) const {
+    DataLoaderOptions o;
+    o.batch_size = training ? rows_per_step(cfg_) : cfg_.get_int("data.eval_batch_size");
+    o.shuffle = training && cfg_.get_bool("data.shuffle");
+    o.seed = static_cast<uint64_t>(cfg_.get_int("train.seed"));
+    o.drop_last = training && cfg_.get_bool("data.drop_last");
+    o.transform.mean = {cfg_.get_float("data.mean")};
+    o.transform.std = {cfg_.get_float("data.std")};
+    if (training) {
+      o.transform.crop_padding = cfg_.get_int("data.random_crop_padding");
+      o.transform.horizontal_flip = cfg_.get_bool("data.horizontal_flip");
+    }
+    o.prefetch = cfg_.get_int("data.prefetch");
+    o.device = device;
+    return o;
+  }
+
+  const Config& cfg_;
+  double label_smoothing_;
+  std::shared_ptr<ImageDataset> train_set_, test_set_;
+  std::unique_ptr<DataLoader> train_loader_, test_loader_;
+};
+
+// ---------------------------------------------------------------- tokens
+// "a.bin, data/x_*.bin" -> {"a.bin", "data/x_*.bin"}
+std::vector<std::string> split_patterns(const std::string& list) {
+  std::vector<std::string> out;
+  std::stringstream ss(list);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    const auto b = item.find_first_not_of(" \t"), e = item.find_last_not_of(" \t");
+    if (b != std::string::npos) out.push_back(item.substr(b, e - b + 1));
+  }
+  return out;
+}
+
+// A TokenLoader whose errors name the config key that pointed at the shards.
+std::unique_ptr<TokenLoader> open_shards(const Config& cfg, const std::string& key, TokenLoaderOptions o) {
+  const std::vector<std::string> patterns = split_patterns(cfg.get_string(key));
+  KILN_CHECK(!patterns.empty(), key, " is empty: data.dataset tokens needs token shard files (llm.c format; ",
+             "scripts/prepare_kjv.sh makes some)");
+  try {
+    return std::make_unique<TokenLoader>(patterns, o);
+  } catch (const Error& e) {
+    throw Error(key + " (" + cfg.get_string(key) + "): " + e.what());
+  }
+}
+
+class LanguageModelTask final : public TrainTask {
+ public:
+  LanguageModelTask(const Config& cfg, Device device, bool training)
+      : cfg_(cfg), spec_(model_spec_from(cfg, {1, 1, 1})) {
+    KILN_CHECK(spec_.name == "gpt", "data.dataset tokens trains a language model: set model.name to gpt (got ",
+               spec_.name, ")");
+    gpt_ = models::gpt_config(spec_);
+    seq_len_ = cfg.get_int("data.seq_len") > 0 ? cfg.get_int("data.seq_len") : gpt_.block_size;
+    KILN_CHECK(seq_len_ <= gpt_.block_size, "data.seq_len (", seq_len_, ") is longer than model.block_size (",
+               gpt_.block_size, ")");
+    TokenLoaderOptions o;
+    o.seq_len = seq_len_;
+    o.seed = static_cast<uint64_t>(cfg.get_int("train.seed"));
+    o.prefetch = cfg.get_int("data.prefetch");
+    o.device = device;
+    if (training) {
+      o.batch_size = rows_per_step(cfg);
+      o.random = true;
+      train_ = open_shards(cfg, "data.train_shards", o);
+    }
+    o.batch_size = cfg.get_int("data.batch_size");
+    o.random = false;
+    o.max_batches = cfg.get_int("eval.batches");
+    val_ = open_shards(cfg, "data.val_shards", o);
+  }
+
+  models::ModelSpec model_spec() const override { return spec_; }
+  void prepare_model(nn::Module& model) override {
+    const std::string init = cfg_.get_string("model.init_from");
+    if (!init.empty()) io::load_hf_gpt2(init, model);
+  }
+
+  Batch next_batch() override {
+    Batch b;
+    train_->next(b);  // random windows never run out
+    return b;
+  }
+  // Logits [B, T, Vp] against targets [B, T] over the real vocabulary (the padded columns of
+  // the logits take no part), llm.c's fused classifier.
+  Tensor loss(nn::Module& model, const Batch& b) const override {
+    const Tensor logits = model(b.inputs);
+    const int64_t vp = logits.size(-1);
+    return loss_in_f32(fused_cross_entropy(logits.reshape({-1, vp}), b.targets.reshape({-1}), gpt_.vocab_size));
+  }
+  int64_t tokens(const Batch& b) const override { return b.targets.numel(); }
+
+  // Token-weighted mean loss over eval.batches sequential windows of the val shards.
+  Evaluation evaluate(nn::Module& model) override {
+    const bool was_training = model.is_training();
+    model.eval();
+    NoGradGuard no_grad;
+    val_->reset();
+    Tensor loss_sum;
+    int64_t n = 0;
+    Batch b;
+    while (val_->next(b)) {
+      const int64_t t = tokens(b);
+      Tensor l = mul(loss(model, b).to(DType::f64), static_cast<double>(t));
+      loss_sum = loss_sum.defined() ? add(loss_sum, l) : l;
+      n += t;
+    }
+    model.train(was_training);
+    Evaluation e;
+    e.items = n;
+    if (n > 0) e.loss = loss_sum.item() / static_cast<double>(n);
+    const double ppl = std::exp(e.loss);
+    e.metrics = {{"eval/loss", e.loss}, {"eval/perplexity", ppl}};
+    e.summary = "val loss " + fixed(e.loss, 4) + ", perplexity " + fixed(ppl, 2) + " (" + std::to_string(n) + " tokens)";
+    return e;
+  }
+
+  json data_state() const override { return {{"position", train_->state()}}; }
+  void load_data_state(const json& s) override { train_->set_state(s.at("position").get<int64_t>()); }
+  std::string describe() const override {
+    std::string d = "tokens: ";
+    if (train_) d += std::to_string(train_->num_tokens()) + " train tokens in " + std::to_string(train_->files().size()) + " shards, ";
+    return d + std::to_string(val_->num_tokens()) + " val tokens, seq_len " + std::to_string(seq_len_);
+  }
+
+ private:
+  const Config& cfg_;
+  models::ModelSpec spec_;
+  models::GPTConfig gpt_;
+  int64_t seq_len_ = 0;
+  std::unique_ptr<TokenLoader> train_, val_;
+};
+
+}  // namespace
+
+models::ModelSpec model_spec_from(const Config& cfg, const Shape& chw) {
+  models::ModelSpec s;
+  s.name = cfg.get_string("model.name");
+  s.hidden_sizes = cfg.get_int_list("model.hidden_sizes");
+  s.activation = cfg.get_string("model.activation");
+  s.dropout = cfg.get_float("model.dropout");
+  s.num_classes = cfg.get_int("model.num_classes");
+  s.channels = cfg.get_int_list("model.channels");
+  s.blocks_per_stage = cfg.get_int("model.blocks_per_stage");
+  s.in_channels = chw[0];
+  s.height = chw[1];
+  s.width = chw[2];
+  s.preset = cfg.get_string("model.preset");
+  s.n_layer = cfg.get_int("model.n_layer");
+  s.n_head = cfg.get_int("model.n_head");
+  s.n_embd = cfg.get_int("model.n_embd");
+  s.block_size = cfg.get_int("model.block_size");
+  s.vocab_size = cfg.get_int("model.vocab_size");
+  s.padded_vocab_size = cfg.get_int("model.padded_vocab_size");
+  s.attention = cfg.get_string("model.attention");
+  return s;
+}
+
+// Token shards when data.dataset says tokens, or when shards are given and data.dataset is left
+// at its (image) default.
+std::unique_ptr<TrainTask> TrainTask::create(const Config& cfg, Device device, bool training) {
+  const std::string dataset = cfg.get_string("data.dataset");
+  const bool shards = !cfg.get_string("data.train_shards").empty();
+  if (dataset == "tokens" || (shards && !cfg.is_set("data.dataset")))
+    return std::make_unique<LanguageModelTask>(cfg, device, training);
+  KILN_CHECK(!shards, "data.train_shards is set but data.dataset is ", dataset, ": token shards need data.dataset tokens");
+  KILN_CHECK(cfg.get_string("model.name") != "gpt", "model gpt trains on token shards: set data.dataset tokens and ",
+             "data.train_shards (data.dataset is ", dataset, ")");
+  return std::make_unique<ImageTask>(cfg, device, training);
+}
+
+}  // namespace kiln
