@@ -38,4 +38,34 @@ RandomSampler::RandomSampler(int64_t n, uint64_t seed) : n_(n), seed_(seed) {
 
 std::vector<int64_t> RandomSampler::indices(int64_t epoch) const { return random_permutation(n_, seed_, epoch); }
 
+DistributedSampler::DistributedSampler(int64_t n, int world_size, int rank, bool shuffle, uint64_t seed,
+                                       bool drop_last)
+    : n_(n), world_size_(world_size), rank_(rank), shuffle_(shuffle), seed_(seed) {
+  KILN_CHECK(n >= 0, "DistributedSampler: negative size ", n);
+  KILN_CHECK(world_size >= 1, "DistributedSampler: world_size must be >= 1, got ", world_size);
+  KILN_CHECK(rank >= 0 && rank < world_size, "DistributedSampler: rank ", rank, " is outside [0, ",
+             world_size, ")");
+  KILN_CHECK(!drop_last || n >= world_size, "DistributedSampler: drop_last with ", n,
+             " samples leaves nothing for ", world_size, " ranks");
+  // Like PyTorch: drop_last rounds down to a multiple of world_size, otherwise up (padding).
+  per_rank_ = drop_last ? n / world_size : (n + world_size - 1) / world_size;
+}
+
+std::vector<int64_t> DistributedSampler::indices(int64_t epoch) const {
+  std::vector<int64_t> order;
+  if (shuffle_) {
+    order = random_permutation(n_, seed_, epoch);
+  } else {
+    order.resize(static_cast<std::size_t>(n_));
+    std::iota(order.begin(), order.end(), int64_t{0});
+  }
+  std::vector<int64_t> mine;
+  mine.reserve(static_cast<std::size_t>(per_rank_));
+  for (int64_t k = 0; k < per_rank_; ++k) {
+    const int64_t pos = rank_ + k * world_size_;  // in the padded order
+    mine.push_back(order[static_cast<std::size_t>(pos % n_)]);  // wrap around to pad
+  }
+  return mine;
+}
+
 }  // namespace kiln

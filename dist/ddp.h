@@ -1,0 +1,95 @@
+// DistributedDataParallel: every rank holds the whole model, runs forward and backward on its
+// own share of the batch, and all ranks average their gradients before the optimizer step, so
+// that every rank takes the same step a single process would take on the global batch.
+//
+//   auto comm = dist::init_process_group(dist::options_from_env(), device);
+//   dist::DistributedDataParallel ddp(*model, *comm);      // rank 0's weights everywhere
+//   loss.backward();             // full buckets start their all-reduce during backward
+//   ddp.finish_gradient_sync();  // waits for the rest; .grad now holds the global mean
+//   optimizer.step();
+//
+// As in PyTorch, gradients are grouped into buckets of about bucket_mb, filled in reverse
+// registration order (roughly the order backward produces them). Each parameter's
+// post-accumulate-grad hook marks it ready; when every parameter of a bucket is ready its
+// gradients are copied into one flat buffer and an asynchronous all-reduce (average) starts
+// while backward goes on. Buckets are launched strictly in index order on every rank, since
+// collectives must be issued in the same order everywhere.
+//
+// Gradient accumulation: backward passes inside a no_sync() guard only accumulate into .grad;
+// the first backward outside it reduces the accumulated sum.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "dist/communicator.h"
+#include "nn/module.h"
+
+namespace kiln::dist {
+
+struct DDPOptions {
+  double bucket_mb = 25.0;        // PyTorch's bucket_cap_mb
+  bool sync_gradients = true;     // false: only broadcast at construction (ZeRO reduces itself)
+};
+
+// Timing of the last synchronised backward, for reporting how much communication hid behind
+// compute. All times in seconds.
+struct OverlapStats {
+  double backward_s = 0;      // first gradient ready -> finish_gradient_sync() called
+  double comm_s = 0;          // first all-reduce started -> last one finished
+  double exposed_s = 0;       // time finish_gradient_sync() waited for communication
+  int buckets = 0;
+  // The share of communication time that ran while backward was still computing.
+  double overlap_fraction() const { return comm_s > 0 ? 1.0 - exposed_s / comm_s : 0.0; }
+};
+
+// Copies every parameter and buffer of `module` from rank `root` to all ranks.
+void broadcast_module(nn::Module& module, Communicator& comm, int root = 0);
+
+class DistributedDataParallel {
+ public:
+  // Broadcasts rank 0's parameters and buffers, then (with sync_gradients) registers the hooks.
+  // `module` and `comm` must outlive this object.
+  DistributedDataParallel(nn::Module& module, Communicator& comm, DDPOptions options = {});
+  ~DistributedDataParallel();
+  DistributedDataParallel(const DistributedDataParallel&) = delete;
+  DistributedDataParallel& operator=(const DistributedDataParallel&) = delete;
+
+  Tensor forward(const Tensor& x) { return module_(x); }
+  Tensor operator()(const Tensor& x) { return forward(x); }
+  nn::Module& module() { return module_; }
+
+  // After backward (outside no_sync): starts the buckets that are not started yet (parameters
+  // without a gradient count as zeros, so every rank reduces the same buffers), waits for all,
+  // and writes the averaged gradients back into each parameter's .grad. A no-op when the last
+  // backward ran under no_sync or no backward ran since the last call.
+  void finish_gradient_sync();
+
+  // While one is alive, backward passes only accumulate local gradients.
+  class NoSyncGuard {
+   public:
+    explicit NoSyncGuard(DistributedDataParallel& ddp);
+    ~NoSyncGuard();
+    NoSyncGuard(const NoSyncGuard&) = delete;
+    NoSyncGuard& operator=(const NoSyncGuard&) = delete;
+
+   private:
+    DistributedDataParallel& ddp_;
+    bool previous_;
+  };
+  NoSyncGuard no_sync() { return NoSyncGuard(*this); }
+
+  const OverlapStats& last_overlap() const;
+  // Parameter indices (into module.parameters()) of each bucket, in launch order.
+  std::vector<std::vector<int>> bucket_layout() const;
+
+  struct State;  // shared with the hooks, which may outlive this object
+
+ private:
+  nn::Module& module_;
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace kiln::dist

@@ -1,0 +1,81 @@
+// ZeRO stage 1 (optimizer state sharding), as llm.c does it: every rank keeps the whole model
+// and computes full gradients, but owns the optimizer state (AdamW's moments, an f32 master
+// copy of the weights) of only one 1/world_size slice of the flattened parameters.
+//
+//   after backward:  reduce_gradients()  flat gradients -> reduce_scatter(avg) -> my slice
+//   (optional)       clip_grad_norm(max) global norm from the slices (one all_reduce)
+//   step():          the ordinary optimizer updates my slice of the f32 master weights with
+//                    my slice of the state, then all_gather sends every slice to every rank
+//                    and the parameters are overwritten from it.
+//
+// The update is elementwise, so it is the same step an unsharded optimizer takes. The sharded
+// optimizer is a plain kiln Optimizer (make_optimizer) whose "parameters" are the pieces of
+// this rank's slice, one per model parameter it overlaps, grouped like the model's parameter
+// groups: schedules set lr on shard_optimizer() as on any optimizer.
+//
+// Checkpoints use the unsharded layout (state_tensors()/load_state_tensors() of the model's
+// optimizer: state.<i>.exp_avg shaped like parameter i), gathered to every rank on save, so a
+// checkpoint resumes with any world size, with or without ZeRO.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dist/communicator.h"
+#include "optim/optimizer.h"
+
+namespace kiln::dist {
+
+class ZeroRedundancyOptimizer {
+ public:
+  // `full`: the optimizer an unsharded run would use (its groups, resolved lr and
+  // weight_decay, and name); it keeps the parameter handles but is never stepped, so it holds
+  // no state. `options`: the hyper-parameters for the sharded one (betas, eps, momentum).
+  ZeroRedundancyOptimizer(const Optimizer& full, const OptimizerOptions& options, Communicator& comm);
+
+  Optimizer& shard_optimizer() { return *inner_; }
+
+  // Collective: flat gradients (zeros for parameters without one) reduce-scattered (average)
+  // into this rank's slice.
+  void reduce_gradients();
+  // Collective: the global L2 norm of the averaged gradients, computed from the slices; scales
+  // the slices like clip_grad_norm_ when it exceeds max_norm (infinity: only measures).
+  double clip_grad_norm(double max_norm);
+  // Collective: updates this rank's slice, then all-gathers the parameters.
+  void step();
+
+  // Collective: the state in the unsharded layout, complete on every rank.
+  NamedTensors state_tensors();
+  // Not collective: takes this rank's slice of an unsharded state, and refreshes the master
+  // weights from the parameters (load the model first).
+  void load_state_tensors(const NamedTensors& entries);
+
+  // Bytes of optimizer state (moments and master weights) this rank holds, and what one rank
+  // would hold without sharding. Known after the first step.
+  int64_t state_bytes_sharded() const;
+  int64_t state_bytes_unsharded() const;
+  int64_t numel() const { return numel_; }         // parameters' elements
+  int64_t shard_numel() const { return shard_numel_; }   // elements per rank (with padding)
+
+ private:
+  struct Piece {  // where one parameter meets this rank's slice
+    int param;            // index across the full optimizer's groups
+    int64_t begin, size;  // in the parameter's flattened elements
+  };
+  void copy_params_to_master();
+
+  Communicator& comm_;
+  std::vector<Tensor> params_;       // across groups, in order
+  std::vector<int64_t> offsets_;     // each parameter's start in the flat layout
+  std::vector<int> group_of_;        // each parameter's group
+  bool params_f32_ = true;
+  int64_t numel_ = 0, padded_ = 0, shard_numel_ = 0, my_begin_ = 0;
+  Tensor flat_;                      // [padded]: gradients in, then gathered parameters out
+  Tensor master_, grad_shard_;       // [shard] f32
+  std::vector<Piece> pieces_;        // in the sharded optimizer's parameter order
+  std::unique_ptr<Optimizer> inner_;  // shard_optimizer()
+};
+
+}  // namespace kiln::dist

@@ -1,0 +1,344 @@
+// Data parallelism: DistributedSampler's shares, and DistributedDataParallel / ZeRO-1 training
+// an MLP on 2 and 3 Gloo ranks (processes on 127.0.0.1, spawned by tests/dist_spawn.h) to the
+// same weights as one process training on the same global batch.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "core/autograd.h"
+#include "core/generator.h"
+#include "core/ops.h"
+#include "data/sampler.h"
+#include "dist/communicator.h"
+#include "dist/ddp.h"
+#include "dist/zero.h"
+#include "models/registry.h"
+#include "optim/clip_grad.h"
+#include "optim/param_groups.h"
+#include "optim/registry.h"
+#include "tests/dist_spawn.h"
+#include "tests/expect_error.h"
+#include "tests/python_oracle.h"
+
+namespace kiln {
+namespace {
+
+namespace fs = std::filesystem;
+using kiln::testing::env_int;
+using kiln::testing::expect_error;
+using kiln::testing::is_dist_worker;
+using kiln::testing::run_ranks;
+
+// ---------------------------------------------------------------- DistributedSampler
+TEST(DistributedSampler, RanksSplitAShuffledEpochAndPadByWrapping) {
+  const int64_t n = 10;
+  for (int world : {1, 2, 3, 4}) {
+    const std::vector<int64_t> order = random_permutation(n, 7, 3);
+    std::vector<int64_t> seen;
+    for (int r = 0; r < world; ++r) {
+      DistributedSampler s(n, world, r, /*shuffle=*/true, 7);
+      const auto mine = s.indices(3);
+      ASSERT_EQ(static_cast<int64_t>(mine.size()), (n + world - 1) / world);
+      EXPECT_EQ(s.size(), static_cast<int64_t>(mine.size()));
+      // Rank r takes positions r, r + world, ... of the epoch's order, wrapping around.
+      for (size_t k = 0; k < mine.size(); ++k)
+        EXPECT_EQ(mine[k], order[(r + k * world) % n]) << "world " << world << " rank " << r;
+      seen.insert(seen.end(), mine.begin(), mine.end());
+    }
+    // Together: every index at least once, and only the padding repeats.
+    std::set<int64_t> unique(seen.begin(), seen.end());
+    EXPECT_EQ(static_cast<int64_t>(unique.size()), n);
+    EXPECT_EQ(static_cast<int64_t>(seen.size()), (n + world - 1) / world * world);
+  }
+}
+
+TEST(DistributedSampler, NewOrderEachEpochSameForSameSeed) {
+  DistributedSampler a(100, 2, 1, true, 5), b(100, 2, 1, true, 5), c(100, 2, 1, true, 6);
+  EXPECT_EQ(a.indices(0), b.indices(0));
+  EXPECT_NE(a.indices(0), a.indices(1));
+  EXPECT_NE(a.indices(0), c.indices(0));
+  DistributedSampler seq(5, 2, 1, /*shuffle=*/false, 0);
+  EXPECT_EQ(seq.indices(0), (std::vector<int64_t>{1, 3, 0}));  // 0..4 padded with 0
+}
+
+TEST(DistributedSampler, DropLastCutsTheTail) {
+  DistributedSampler s(10, 3, 2, false, 0, /*drop_last=*/true);
+  EXPECT_EQ(s.indices(0), (std::vector<int64_t>{2, 5, 8}));
+}
+
+TEST(DistributedSampler, BadRankOrWorldFailClearly) {
+  expect_error([] { DistributedSampler(10, 2, 2, true, 0); }, {"rank 2", "[0, 2)"});
+  expect_error([] { DistributedSampler(10, 0, 0, true, 0); }, {"world_size must be >= 1"});
+}
+
+// ---------------------------------------------------------------- training equivalence
+// One run's settings, passed to the ranks through the environment.
+struct Case {
+  int zero = 0;          // ZeRO-1 instead of DDP's all-reduce
+  int accum = 1;         // micro-steps per step (no_sync for all but the last)
+  double bucket_mb = 25; // DDP bucket size
+  double clip = 0;       // gradient clipping norm; 0: off
+};
+
+constexpr int kSteps = 5;
+constexpr int64_t kGlobalBatch = 12;  // divisible by 2, 3 and by their micro-steps
+constexpr int64_t kFeatures = 12, kClasses = 4;
+
+std::shared_ptr<nn::Module> make_mlp() {
+  manual_seed(0);
+  models::ModelSpec spec;
+  spec.name = "mlp";
+  spec.hidden_sizes = {16, 8};
+  spec.num_classes = kClasses;
+  spec.in_channels = 1;
+  spec.height = 3;
+  spec.width = 4;
+  return models::make_model(spec);
+}
+
+// The global batch of step `step`: fixed pseudo-random values, the same in every process.
+std::pair<Tensor, Tensor> global_batch(int step) {
+  std::vector<double> x(static_cast<size_t>(kGlobalBatch * kFeatures));
+  std::vector<int64_t> y(static_cast<size_t>(kGlobalBatch));
+  uint64_t s = 12345 + static_cast<uint64_t>(step) * 777;
+  auto next = [&] {
+    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+    return static_cast<double>(s >> 11) / static_cast<double>(1ULL << 53);
+  };
+  for (double& v : x) v = 2 * next() - 1;
+  for (int64_t& v : y) v = static_cast<int64_t>(next() * kClasses) % kClasses;
+  return {from_vector(x, {kGlobalBatch, 1, 3, 4}), from_vector(y, {kGlobalBatch})};
+}
+
+std::unique_ptr<Optimizer> make_adamw(const nn::Module& model) {
+  return make_optimizer("adamw", make_param_groups(model.named_parameters(), 0.1), {.lr = 1e-2});
+}
+
+Tensor loss_on(nn::Module& model, const Tensor& x, const Tensor& y) {
+  return cross_entropy(model(x), y, -100, Reduction::mean);
+}
+
+std::vector<float> flat_weights(const nn::Module& model) {
+  std::vector<float> out;
+  for (const Tensor& p : model.parameters()) {
+    const auto v = p.to_vector<float>();
+    out.insert(out.end(), v.begin(), v.end());
+  }
+  return out;
+}
+
+// One process, the whole global batch per step.
+std::vector<float> train_single(const Case& c, NamedTensors* state = nullptr) {
+  auto model = make_mlp();
+  auto opt = make_adamw(*model);
+  for (int step = 0; step < kSteps; ++step) {
+    auto [x, y] = global_batch(step);
+    loss_on(*model, x, y).backward();
+    if (c.clip > 0) clip_grad_norm_(model->parameters(), c.clip);
+    opt->step();
+    opt->zero_grad();
+  }
+  if (state) *state = opt->state_tensors();
+  return flat_weights(*model);
+}
+
+void write_floats(const fs::path& file, const std::vector<float>& v) {
+  std::ofstream out(file, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(float)));
+}
+
+std::vector<float> read_floats(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  std::vector<float> v;
+  float f;
+  while (in.read(reinterpret_cast<char*>(&f), sizeof f)) v.push_back(f);
+  return v;
+}
+
+// The state entries named state.<i>.<key>, concatenated in order.
+std::vector<float> state_values(const NamedTensors& state, const std::string& key) {
+  std::vector<float> out;
+  for (const auto& [name, t] : state)
+    if (name.size() > key.size() && name.compare(name.size() - key.size() - 1, key.size() + 1, "." + key) == 0 &&
+        name.rfind("state.", 0) == 0) {
+      const auto v = t.to_vector<float>();
+      out.insert(out.end(), v.begin(), v.end());
+    }
+  return out;
+}
+
+// A rank's training: its rows of each global batch, DDP or ZeRO-1 for the gradients.
+struct RankTrainer {
+  Case c;
+  dist::Communicator& comm;
+  std::shared_ptr<nn::Module> model = make_mlp();
+  std::unique_ptr<Optimizer> opt = make_adamw(*model);
+  std::unique_ptr<dist::DistributedDataParallel> ddp;
+  std::unique_ptr<dist::ZeroRedundancyOptimizer> zero;
+
+  RankTrainer(const Case& c_, dist::Communicator& comm_) : c(c_), comm(comm_) {
+    // Different initial weights on every rank: construction must broadcast rank 0's.
+    if (comm.rank() != 0) {
+      NoGradGuard g;
+      for (Tensor& p : model->parameters()) p.add_(ones_like(p), 0.5 * comm.rank());
+    }
+    ddp = std::make_unique<dist::DistributedDataParallel>(
+        *model, comm, dist::DDPOptions{.bucket_mb = c.bucket_mb, .sync_gradients = c.zero == 0});
+    if (c.zero) zero = std::make_unique<dist::ZeroRedundancyOptimizer>(*opt, OptimizerOptions{.lr = 1e-2}, comm);
+  }
+
+  void train_step(int step) {
+    auto [x, y] = global_batch(step);
+    const int64_t per_rank = kGlobalBatch / comm.world_size();
+    const int64_t micro = per_rank / c.accum;
+    for (int m = 0; m < c.accum; ++m) {
+      const int64_t start = comm.rank() * per_rank + m * micro;
+      Tensor loss = mul(loss_on(*model, x.narrow(0, start, micro), y.narrow(0, start, micro)), 1.0 / c.accum);
+      if (m + 1 < c.accum) {
+        auto guard = ddp->no_sync();
+        loss.backward();
+      } else {
+        loss.backward();
+      }
+    }
+    if (zero) {
+      zero->reduce_gradients();
+      if (c.clip > 0) zero->clip_grad_norm(c.clip);
+      zero->step();
+    } else {
+      ddp->finish_gradient_sync();
+      if (c.clip > 0) clip_grad_norm_(model->parameters(), c.clip);
+      opt->step();
+    }
+    opt->zero_grad();
+  }
+};
+
+Case case_from_env() {
+  Case c;
+  c.zero = env_int("DDP_ZERO");
+  c.accum = env_int("DDP_ACCUM", 1);
+  if (const char* b = std::getenv("DDP_BUCKET_MB")) c.bucket_mb = std::atof(b);
+  if (const char* b = std::getenv("DDP_CLIP")) c.clip = std::atof(b);
+  return c;
+}
+
+TEST(DdpWorker, Train) {
+  if (!is_dist_worker()) GTEST_SKIP() << "runs as a rank of DataParallel tests";
+  const Case c = case_from_env();
+  auto comm = dist::init_process_group(dist::options_from_env(), kCPU);
+  RankTrainer t(c, *comm);
+  if (!c.zero) {
+    int params_in_buckets = 0;
+    for (const auto& b : t.ddp->bucket_layout()) params_in_buckets += static_cast<int>(b.size());
+    EXPECT_EQ(params_in_buckets, static_cast<int>(t.model->parameters().size()));
+    // Reverse registration order: the last parameter is in the first bucket.
+    EXPECT_EQ(t.ddp->bucket_layout().front().front(), static_cast<int>(t.model->parameters().size()) - 1);
+  }
+  for (int step = 0; step < kSteps; ++step) t.train_step(step);
+  if (!c.zero) {
+    EXPECT_GT(t.ddp->last_overlap().buckets, 0);
+    EXPECT_GE(t.ddp->last_overlap().comm_s, 0.0);
+  }
+  const fs::path out = std::getenv("DDP_OUT");
+  write_floats(out / ("rank" + std::to_string(comm->rank()) + ".bin"), flat_weights(*t.model));
+  if (t.zero) {
+    const NamedTensors state = t.zero->state_tensors();  // collective: every rank calls it
+    if (comm->rank() == 0) {
+      write_floats(out / "exp_avg.bin", state_values(state, "exp_avg"));
+      write_floats(out / "exp_avg_sq.bin", state_values(state, "exp_avg_sq"));
+      std::ofstream(out / "memory.txt") << t.zero->state_bytes_unsharded() << " " << t.zero->state_bytes_sharded();
+    }
+  }
+}
+
+class DataParallel : public ::testing::TestWithParam<std::tuple<int, int, int, double, double>> {};
+
+float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  float m = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+TEST_P(DataParallel, MatchesOneProcessOnTheGlobalBatch) {
+  const auto [world, zero, accum, bucket_mb, clip] = GetParam();
+  const Case c{zero, accum, bucket_mb, clip};
+  const fs::path out = kiln::testing::make_temp_dir("kiln_ddp_");
+  ASSERT_FALSE(out.empty());
+  kiln::testing::RankOptions ro;
+  ro.extra_env = [&](int) {
+    return std::vector<std::string>{"DDP_ZERO=" + std::to_string(zero), "DDP_ACCUM=" + std::to_string(accum),
+                                    "DDP_BUCKET_MB=" + std::to_string(bucket_mb),
+                                    "DDP_CLIP=" + std::to_string(clip), "DDP_OUT=" + out.string(),
+                                    "KILN_DIST_TIMEOUT_S=30"};
+  };
+  const std::vector<int> codes = run_ranks("DdpWorker.Train", world, ro);
+  EXPECT_EQ(codes, std::vector<int>(static_cast<size_t>(world), 0));
+
+  NamedTensors single_state;
+  const std::vector<float> single = train_single(c, &single_state);
+  const std::vector<float> rank0 = read_floats(out / "rank0.bin");
+  const float diff = max_abs_diff(single, rank0);
+  EXPECT_LE(diff, 1e-6f) << world << " ranks, zero " << zero << ", accum " << accum;
+  std::printf("%d ranks, zero %d, accum %d, bucket %g MB, clip %g: max |w - w_single| = %.3g\n", world, zero,
+              accum, bucket_mb, clip, diff);
+  for (int r = 1; r < world; ++r)  // every rank holds the same weights, bit for bit
+    EXPECT_EQ(read_floats(out / ("rank" + std::to_string(r) + ".bin")), rank0) << "rank " << r;
+
+  if (zero) {  // the gathered state is the unsharded optimizer's
+    EXPECT_LE(max_abs_diff(read_floats(out / "exp_avg.bin"), state_values(single_state, "exp_avg")), 1e-6f);
+    EXPECT_LE(max_abs_diff(read_floats(out / "exp_avg_sq.bin"), state_values(single_state, "exp_avg_sq")), 1e-7f);
+    int64_t unsharded = 0, sharded = 0;
+    std::ifstream(out / "memory.txt") >> unsharded >> sharded;
+    std::printf("  optimizer state per rank: %lld bytes unsharded, %lld with ZeRO-1\n",
+                static_cast<long long>(unsharded), static_cast<long long>(sharded));
+    EXPECT_LT(sharded, unsharded);
+  }
+  fs::remove_all(out);
+}
+
+// (world, zero, accum, bucket_mb, clip)
+INSTANTIATE_TEST_SUITE_P(Cases, DataParallel,
+                         ::testing::Values(std::make_tuple(2, 0, 1, 25.0, 0.0),      // one bucket
+                                           std::make_tuple(3, 0, 1, 0.0005, 0.0),    // a bucket per parameter
+                                           std::make_tuple(2, 0, 2, 0.0005, 0.0),    // accumulation via no_sync
+                                           std::make_tuple(3, 0, 2, 25.0, 0.5),      // and clipping
+                                           std::make_tuple(2, 1, 1, 25.0, 0.0),      // ZeRO-1
+                                           std::make_tuple(3, 1, 2, 25.0, 0.5)));    // ZeRO-1, accum, clip
+
+// ZeRO-1's checkpoint round trip: the gathered state loaded into fresh objects continues exactly.
+TEST(ZeroWorker, ResumeContinuesExactly) {
+  if (!is_dist_worker()) GTEST_SKIP() << "runs as a rank of Zero.ResumeContinuesExactly";
+  auto comm = dist::init_process_group(dist::options_from_env(), kCPU);
+  const Case c{1, 1, 25, 0};
+  RankTrainer straight(c, *comm);
+  for (int step = 0; step < kSteps; ++step) straight.train_step(step);
+
+  RankTrainer first(c, *comm);
+  for (int step = 0; step < 3; ++step) first.train_step(step);
+  const NamedTensors state = first.zero->state_tensors();
+  const nn::NamedTensors weights = first.model->state_dict();
+
+  RankTrainer resumed(c, *comm);
+  resumed.model->load_state_dict(weights);
+  resumed.opt->load_state_tensors(state);  // the unsharded layout fits the plain optimizer too
+  resumed.zero->load_state_tensors(state);
+  for (int step = 3; step < kSteps; ++step) resumed.train_step(step);
+  EXPECT_EQ(flat_weights(*resumed.model), flat_weights(*straight.model));
+}
+
+TEST(Zero, ResumeContinuesExactly) {
+  for (int world : {2, 3})
+    EXPECT_EQ(run_ranks("ZeroWorker.ResumeContinuesExactly", world), std::vector<int>(static_cast<size_t>(world), 0))
+        << world << " ranks";
+}
+
+}  // namespace
+}  // namespace kiln
