@@ -17,8 +17,7 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool bias, Generator* 
 Tensor Linear::forward(const Tensor& x) {
   KILN_CHECK(x.dim() >= 1 && x.size(-1) == in_, "Linear(", in_, " -> ", out_, "): input ",
              x.meta_str(), " does not end in ", in_, " features");
-  Tensor y = matmul(x, weight.t());
-  return bias.defined() ? add(y, bias) : y;
+  return linear(x, weight, bias);
 }
 
 std::string Linear::extra_repr() const {
