@@ -1,0 +1,152 @@
+// CUDA fused classifier (core/dispatch/transformer.h), llm.c's fused_classifier: one block
+// per row. The first pass folds (max, sum of exp(x - max)) over the valid columns in one read
+// (an online softmax: a new max rescales the running sum); one block reduction gives the
+// row's log-sum-exp, thread 0 writes the loss, and the second pass writes
+// dlogits = (softmax - onehot) * grad_scale, zero in the padded columns. Probabilities are
+// never stored. 16-byte access when rows are aligned (GPT-2's padded 50304 columns are).
+// A target outside [0, valid) that is not ignore_index gives a NaN loss and NaN gradient
+// row: the GPU cannot throw without waiting, and a NaN is loud.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+
+#include "core/cuda_context.h"
+#include "core/dispatch/transformer.h"
+#include "kernels/cuda/block_reduce.cuh"
+#include "kernels/cuda/vector_access.cuh"
+#include "kernels/transformer_common.h"
+
+namespace kiln {
+namespace {
+
+using cuda::kWarp;
+using cuda::load_vec;
+using cuda::store_vec;
+constexpr int kThreads = 512;
+constexpr int64_t kMaxBlocks = 1 << 20;
+
+__device__ __forceinline__ float exp_(float x) { return expf(x); }
+__device__ __forceinline__ double exp_(double x) { return ::exp(x); }
+__device__ __forceinline__ float log_(float x) { return logf(x); }
+__device__ __forceinline__ double log_(double x) { return ::log(x); }
+
+template <class A>
+__device__ __forceinline__ A neg_inf() {
+  return -std::numeric_limits<A>::infinity();
+}
+
+// Running (max, sum of exp(x - max)) of part of a row.
+template <class A>
+struct SoftmaxStats {
+  A max;
+  A sum;
+};
+
+template <class A>
+__device__ __forceinline__ void add_value(SoftmaxStats<A>& s, A v) {
+  if (v > s.max) {
+    s.sum = s.sum * exp_(s.max - v) + A(1);  // exp(-inf) = 0 for the first value
+    s.max = v;
+  } else {
+    s.sum += v == neg_inf<A>() ? A(0) : exp_(v - s.max);  // NaN propagates
+  }
+}
+
+struct MergeSoftmaxStats {
+  template <class A>
+  __device__ SoftmaxStats<A> operator()(SoftmaxStats<A> a, SoftmaxStats<A> b) const {
+    const A m = a.max > b.max ? a.max : b.max;
+    if (m == neg_inf<A>()) return {m, A(0)};
+    const A ea = a.max == neg_inf<A>() ? A(0) : a.sum * exp_(a.max - m);
+    const A eb = b.max == neg_inf<A>() ? A(0) : b.sum * exp_(b.max - m);
+    return {m, ea + eb};
+  }
+};
+
+// For the warp and block reductions of block_reduce.cuh.
+template <class A>
+__device__ __forceinline__ SoftmaxStats<A> shfl_xor(SoftmaxStats<A> v, int mask) {
+  return {cuda::shfl_xor(v.max, mask), cuda::shfl_xor(v.sum, mask)};
+}
+
+template <class T, class Idx, int kVec>
+__global__ void fused_cross_entropy_kernel(opmath_t<T>* __restrict__ losses, T* __restrict__ dlogits,
+                                           const T* __restrict__ logits, const Idx* __restrict__ targets,
+                                           const opmath_t<T>* __restrict__ grad_scale, int64_t rows,
+                                           int64_t classes, int64_t valid, int64_t ignore_index) {
+  using A = opmath_t<T>;
+  __shared__ SoftmaxStats<A> scratch[kWarp];
+  const int64_t nvec = classes / kVec;
+  const A scale = *grad_scale;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t t = static_cast<int64_t>(targets[row]);
+    const T* x = logits + row * classes;
+    T* d = dlogits + row * classes;
+    const bool ignored = t == ignore_index;
+    if (ignored || t < 0 || t >= valid) {  // the same branch for the whole block
+      A fill[kVec];
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) fill[k] = ignored ? A(0) : std::numeric_limits<A>::quiet_NaN();
+      for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) store_vec<kVec>(d, i, fill);
+      if (threadIdx.x == 0) losses[row] = fill[0];
+      continue;
+    }
+    SoftmaxStats<A> st{neg_inf<A>(), A(0)};
+    for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
+      A v[kVec];
+      load_vec<kVec>(x, i, v);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k)
+        if (i * kVec + k < valid) add_value(st, v[k]);
+    }
+    st = cuda::block_reduce(st, MergeSoftmaxStats{}, SoftmaxStats<A>{neg_inf<A>(), A(0)}, scratch);
+    const A lse = st.max + log_(st.sum);
+    if (threadIdx.x == 0) losses[row] = lse - static_cast<A>(x[t]);
+    for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
+      A v[kVec];
+      load_vec<kVec>(x, i, v);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) {
+        const int64_t c = i * kVec + k;
+        v[k] = c < valid ? (exp_(v[k] - lse) - (c == t ? A(1) : A(0))) * scale : A(0);
+      }
+      store_vec<kVec>(d, i, v);
+    }
+  }
+}
+
+void fused_cross_entropy_cuda(Tensor& losses, Tensor& dlogits, const Tensor& logits, const Tensor& targets,
+                              const Tensor& grad_scale, int64_t valid_classes, int64_t ignore_index) {
+  check_fused_cross_entropy_args(losses, dlogits, logits, targets, grad_scale, valid_classes);
+  const int64_t rows = logits.size(0), classes = logits.size(1);
+  if (rows == 0) return;
+  cuda::DeviceGuard guard(logits.device().index);
+  cudaStream_t stream = cuda::current_stream();
+  // Small rows (tests, tiny vocabularies) do not need 512 threads.
+  const int threads = static_cast<int>(std::clamp<int64_t>((classes / 8 + kWarp - 1) / kWarp * kWarp, kWarp, kThreads));
+  KILN_DISPATCH_FLOATING(logits.dtype(), "fused_cross_entropy", [&] {
+    using T = scalar_t;
+    using A = opmath_t<T>;
+    const T* x = static_cast<const T*>(logits.data_ptr());
+    T* d = static_cast<T*>(dlogits.data_ptr());
+    A* l = static_cast<A*>(losses.data_ptr());
+    const A* s = static_cast<const A*>(grad_scale.data_ptr());
+    KILN_DISPATCH_INDEX(targets.dtype(), "fused_cross_entropy", [&] {
+      const auto* t = static_cast<const scalar_t*>(targets.data_ptr());
+      cuda::with_vec_width<T>(cuda::vec_width<T>(classes, {x, d}), [&](auto v) {
+        fused_cross_entropy_kernel<T, scalar_t, decltype(v)::value>
+            <<<std::min(rows, kMaxBlocks), threads, 0, stream>>>(l, d, x, t, s, rows, classes, valid_classes,
+                                                                 ignore_index);
+      });
+      KILN_CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
+}  // namespace
+
+KILN_REGISTER_KERNEL(fused_cross_entropy_stub, CUDA, &fused_cross_entropy_cuda);
+
+}  // namespace kiln
