@@ -57,17 +57,20 @@ AttentionShape check_attention_args(const Tensor& q, const Tensor& k, const Tens
   return s;
 }
 
-// [Tq, Tk] with -inf where key j is in the future of query i (j > i), 0 elsewhere.
-Tensor causal_bias(int64_t Tq, int64_t Tk, TensorOptions opts) {
-  std::vector<double> bias(static_cast<size_t>(Tq * Tk), 0.0);
-  for (int64_t i = 0; i < Tq; ++i)
-    for (int64_t j = i + 1; j < Tk; ++j) bias[i * Tk + j] = -std::numeric_limits<double>::infinity();
-  return from_vector(bias, {Tq, Tk}, opts);
+// [Tq, Tk] bool, true where key j is in the future of query i (j > i). Built on the device
+// from two index vectors, so no T^2 host loop or copy.
+Tensor causal_mask(int64_t Tq, int64_t Tk, Device device) {
+  const TensorOptions index{.dtype = DType::i64, .device = device};
+  return gt(arange(0, static_cast<double>(Tk), 1, index).view({1, Tk}),
+            arange(0, static_cast<double>(Tq), 1, index).view({Tq, 1}));
 }
 
 Tensor naive_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale) {
   Tensor scores = mul(matmul(q, k.transpose(2, 3)), scale);
-  if (causal) scores = add(scores, causal_bias(q.size(2), k.size(2), scores.options()));
+  if (causal) {
+    const Tensor minus_inf = scalar_tensor(-std::numeric_limits<double>::infinity(), scores.options());
+    scores = where(causal_mask(q.size(2), k.size(2), q.device()), minus_inf, scores);
+  }
   return matmul(softmax(scores, -1), v);
 }
 
