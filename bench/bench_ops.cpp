@@ -1,7 +1,11 @@
 // Op benchmarks: elementwise add, sums, softmax and matmul on the CPU, and on CUDA in f32 and
 // bf16 next to the roofs that matter: a device-to-device copy of the same byte count for the
 // memory-bound ops (counter frac_of_copy), raw cuBLAS at the same shapes for matmul
-// (counters TFLOPS and cublas_TFLOPS).
+// (counters TFLOPS and cublas_TFLOPS). The GPT-2 step's memory-bound ops (layer norm, the
+// fused residual + layer norm, GELU, the fused classifier, AdamW) run at GPT-2 124M shapes:
+// B*T = 8192 rows of 768 channels, a vocabulary padded to 50304 with 50257 valid, 124M
+// parameters. Their byte counts are the traffic the op cannot avoid (each input read once,
+// each output written once), so frac_of_copy also says how far a kernel is from one pass.
 //
 //   build/bench/bench_ops --benchmark_filter=Cuda
 //
@@ -16,9 +20,12 @@
 #include <utility>
 #include <vector>
 
+#include "core/autograd.h"
 #include "core/device.h"
+#include "core/dispatch/transformer.h"
 #include "core/ops.h"
 #include "core/tensor.h"
+#include "optim/fused_step.h"
 
 #ifdef KILN_WITH_CUDA
 #include <cublas_v2.h>
@@ -100,6 +107,31 @@ void BM_MatmulCpu(benchmark::State& state) {
   state.counters["TFLOPS"] = tflops_counter(n, n, n);
 }
 BENCHMARK(BM_MatmulCpu)->Arg(512)->Arg(1024)->Arg(2048)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// Layer norm forward over rows of 768 (f32 parameters), and the fused classifier on a few
+// rows of GPT-2's padded vocabulary: small, for the CPU.
+void BM_LayerNormCpu(benchmark::State& state) {
+  const int64_t rows = state.range(0), cols = state.range(1);
+  const Tensor x = kiln::randn({rows, cols}), w = kiln::ones({cols}), b = kiln::zeros({cols});
+  for (auto _ : state) {
+    Tensor y = kiln::layer_norm(x, w, b);
+    benchmark::DoNotOptimize(y.data_ptr());
+  }
+  state.SetBytesProcessed(state.iterations() * 2 * rows * cols * 4);
+}
+BENCHMARK(BM_LayerNormCpu)->Args({1024, 768})->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+void BM_FusedCrossEntropyCpu(benchmark::State& state) {
+  const int64_t rows = state.range(0), cols = state.range(1);
+  const Tensor x = kiln::randn({rows, cols});
+  const Tensor t = kiln::randint(0, 50257, {rows});
+  for (auto _ : state) {
+    Tensor loss = kiln::fused_cross_entropy(x, t, 50257);
+    benchmark::DoNotOptimize(loss.data_ptr());
+  }
+  state.SetBytesProcessed(state.iterations() * 2 * rows * cols * 4);  // logits in, dlogits out
+}
+BENCHMARK(BM_FusedCrossEntropyCpu)->Args({64, 50304})->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // ================================================================ CUDA
 #ifdef KILN_WITH_CUDA
@@ -293,6 +325,108 @@ void BM_MatmulCuda(benchmark::State& state, DType dtype) {
   state.counters["cublas_TFLOPS"] = cublas;
 }
 
+// ---------------------------------------------------------------- GPT-2 step ops
+constexpr int64_t kGptRows = 8192, kGptChannels = 768, kGptVocab = 50304, kGptValidVocab = 50257;
+
+int64_t bytes_of(int64_t elements, DType dtype) {
+  return elements * static_cast<int64_t>(kiln::element_size(dtype));
+}
+
+// Layer norm forward (x in, y out, f32 mean and rstd out).
+void BM_LayerNormForwardCuda(benchmark::State& state, DType dtype) {
+  if (skip_without_cuda(state)) return;
+  const int64_t rows = kGptRows, cols = kGptChannels;
+  const Tensor x = cuda_rand({rows, cols}, dtype);
+  const Tensor w = cuda_rand({cols}, DType::f32), b = cuda_rand({cols}, DType::f32);
+  const double s = run_timed(state, [&] { benchmark::DoNotOptimize(kiln::layer_norm(x, w, b).data_ptr()); }, true);
+  report_bandwidth(state, 2 * bytes_of(rows * cols, dtype) + 2 * rows * 4, s);
+}
+
+// Layer norm backward, the kernel alone (dx, dweight, dbias): x and dy in, dx out.
+void BM_LayerNormBackwardCuda(benchmark::State& state, DType dtype) {
+  if (skip_without_cuda(state)) return;
+  const int64_t rows = kGptRows, cols = kGptChannels;
+  const kiln::TensorOptions acc{.dtype = DType::f32, .device = kCuda};
+  const Tensor x = cuda_rand({rows, cols}, dtype), dy = cuda_rand({rows, cols}, dtype);
+  const Tensor w = cuda_rand({cols}, DType::f32), b = cuda_rand({cols}, DType::f32);
+  Tensor y = kiln::empty({rows, cols}, x.options()), mean = kiln::empty({rows}, acc), rstd = kiln::empty({rows}, acc);
+  Tensor no_sum;
+  kiln::layer_norm_stub(kCuda, y, mean, rstd, no_sum, x, Tensor(), w, b, 1e-5);
+  Tensor dx = kiln::empty({rows, cols}, x.options()), dw = kiln::empty({cols}, acc), db = kiln::empty({cols}, acc);
+  const double s = run_timed(
+      state, [&] { kiln::layer_norm_backward_stub(kCuda, dx, dw, db, dy, x, mean, rstd, w); }, true);
+  report_bandwidth(state, 3 * bytes_of(rows * cols, dtype) + 2 * rows * 4, s);
+}
+
+// x + residual and layer_norm of it in one kernel: x and residual in, sum and normed out.
+void BM_AddLayerNormCuda(benchmark::State& state, DType dtype) {
+  if (skip_without_cuda(state)) return;
+  const int64_t rows = kGptRows, cols = kGptChannels;
+  const Tensor x = cuda_rand({rows, cols}, dtype), r = cuda_rand({rows, cols}, dtype);
+  const Tensor w = cuda_rand({cols}, DType::f32), b = cuda_rand({cols}, DType::f32);
+  const double s = run_timed(
+      state, [&] { benchmark::DoNotOptimize(kiln::add_layer_norm(x, r, w, b).second.data_ptr()); }, true);
+  report_bandwidth(state, 4 * bytes_of(rows * cols, dtype) + 2 * rows * 4, s);
+}
+
+// GELU forward then backward through autograd at the MLP's width (4 * 768): forward reads x
+// and writes y, backward reads x and dy and writes dx, and the leaf's first gradient is
+// copied into .grad (read + write): 7 passes over the tensor.
+void BM_GeluForwardBackwardCuda(benchmark::State& state, DType dtype) {
+  if (skip_without_cuda(state)) return;
+  const int64_t n = kGptRows * 4 * kGptChannels;
+  const Tensor x0 = cuda_rand({n}, dtype), g = cuda_rand({n}, dtype);
+  const double s = run_timed(
+      state,
+      [&] {
+        Tensor x = x0.detach().requires_grad_(true);
+        kiln::gelu(x).backward(g);
+        benchmark::DoNotOptimize(x.grad().data_ptr());
+      },
+      true);
+  report_bandwidth(state, 7 * bytes_of(n, dtype), s);
+}
+
+// The fused classifier: logits in, dlogits out (per-row losses and the mean are small).
+void BM_FusedCrossEntropyCuda(benchmark::State& state, DType dtype) {
+  if (skip_without_cuda(state)) return;
+  const int64_t rows = kGptRows, cols = kGptVocab;
+  const Tensor x = cuda_rand({rows, cols}, dtype);
+  const Tensor t = kiln::randint(0, kGptValidVocab, {rows}, {.dtype = DType::i32, .device = kCuda});
+  const double s = run_timed(
+      state, [&] { benchmark::DoNotOptimize(kiln::fused_cross_entropy(x, t, kGptValidVocab).data_ptr()); }, true);
+  report_bandwidth(state, 2 * bytes_of(rows * cols, dtype) + rows * 4, s);
+}
+
+// One fused AdamW step over GPT-2 124M's parameter list (f32): per parameter, param, grad
+// and both moments read, param and moments written: 28 bytes.
+void BM_AdamWCuda(benchmark::State& state) {
+  if (skip_without_cuda(state)) return;
+  const int64_t c = kGptChannels;
+  std::vector<kiln::Shape> shapes = {{kGptVocab, c}, {1024, c}};
+  for (int layer = 0; layer < 12; ++layer) {
+    for (const kiln::Shape& sh : std::vector<kiln::Shape>{{c}, {c}, {3 * c, c}, {3 * c}, {c, c}, {c}, {c}, {c},
+                                                           {4 * c, c}, {4 * c}, {c, 4 * c}, {c}})
+      shapes.push_back(sh);
+  }
+  shapes.push_back({c});
+  shapes.push_back({c});
+  std::vector<Tensor> params, grads, m, v;
+  int64_t numel = 0;
+  for (const kiln::Shape& sh : shapes) {
+    params.push_back(cuda_rand(sh, DType::f32));
+    grads.push_back(cuda_rand(sh, DType::f32));
+    m.push_back(kiln::zeros(sh, {.device = kCuda}));
+    v.push_back(kiln::zeros(sh, {.device = kCuda}));
+    numel += params.back().numel();
+  }
+  const kiln::AdamHyperParams h{.lr = 6e-4, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1};
+  int64_t step = 0;
+  const double s = run_timed(state, [&] { kiln::fused_adam_update(params, grads, m, v, h, ++step); }, true);
+  state.counters["params_M"] = static_cast<double>(numel) / 1e6;
+  report_bandwidth(state, 28 * numel, s);
+}
+
 #define KILN_CUDA_BENCH(fn, dtype) \
   BENCHMARK_CAPTURE(fn, dtype, DType::dtype)->UseManualTime()->Unit(benchmark::kMicrosecond)
 
@@ -306,6 +440,17 @@ KILN_CUDA_BENCH(BM_SoftmaxCuda, f32)->Args({4096, 1024})->Args({1024, 50304});
 KILN_CUDA_BENCH(BM_SoftmaxCuda, bf16)->Args({4096, 1024})->Args({1024, 50304});
 KILN_CUDA_BENCH(BM_MatmulCuda, f32)->Arg(512)->Arg(1024)->Arg(2048)->Arg(4096);
 KILN_CUDA_BENCH(BM_MatmulCuda, bf16)->Arg(512)->Arg(1024)->Arg(2048)->Arg(4096);
+KILN_CUDA_BENCH(BM_LayerNormForwardCuda, f32);
+KILN_CUDA_BENCH(BM_LayerNormForwardCuda, bf16);
+KILN_CUDA_BENCH(BM_LayerNormBackwardCuda, f32);
+KILN_CUDA_BENCH(BM_LayerNormBackwardCuda, bf16);
+KILN_CUDA_BENCH(BM_AddLayerNormCuda, f32);
+KILN_CUDA_BENCH(BM_AddLayerNormCuda, bf16);
+KILN_CUDA_BENCH(BM_GeluForwardBackwardCuda, f32);
+KILN_CUDA_BENCH(BM_GeluForwardBackwardCuda, bf16);
+KILN_CUDA_BENCH(BM_FusedCrossEntropyCuda, f32);
+KILN_CUDA_BENCH(BM_FusedCrossEntropyCuda, bf16);
+BENCHMARK(BM_AdamWCuda)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 #endif  // KILN_WITH_CUDA
 
