@@ -5,6 +5,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <set>
 #include <string>
@@ -16,7 +19,10 @@
 #include "models/gpt.h"
 #include "models/registry.h"
 #include "optim/adam.h"
+#include "data/bpe_tokenizer.h"
 #include "tests/expect_error.h"
+#include "tests/python_oracle.h"
+#include "tools/io/checkpoint.h"
 
 namespace kiln {
 namespace {
@@ -417,6 +423,62 @@ TEST(Gpt, HuggingFaceMappingInvertsTheirLayout) {
         models::gpt_state_dict_from_hf({{"wte.weight", zeros({50, 32})}, {"lm_head.weight", ones({50, 32})}}, cfg);
       },
       {"lm_head.weight differs"});
+}
+
+// ---------------------------------------------------------------- kiln generate
+
+// The CLI streams exactly what models::generate chooses for the same weights, prompt and seed:
+// greedy, and sampled with temperature and top-k.
+TEST(GptGenerateCli, StreamsWhatGenerateChooses) {
+  namespace fs = std::filesystem;
+  const char* build = std::getenv("KILN_BUILD_DIR");
+  const fs::path kiln_bin = fs::path(build ? build : "build") / "kiln";
+  ASSERT_TRUE(fs::exists(kiln_bin)) << kiln_bin << " not built (set KILN_BUILD_DIR)";
+  const fs::path dir = testing::make_temp_dir("kiln_generate_");
+  ASSERT_FALSE(dir.empty());
+
+  GPTConfig cfg = models::gpt_preset("gpt-char-tiny");
+  cfg.n_layer = 2;
+  cfg.block_size = 32;  // 40 new tokens pass it: the cropped context runs through the CLI too
+  Generator init(77);
+  GPT model(cfg, &init);
+  {
+    NoGradGuard no_grad;
+    for (Tensor& p : model.parameters()) p.mul_(5.0);  // varied greedy text
+  }
+  io::CheckpointContents contents;
+  contents.model = model.state_dict();
+  io::save_checkpoint(dir, 1, contents, 0);
+  std::ofstream(dir / "gen.yaml") << "model:\n  name: gpt\n  preset: gpt-char-tiny\n  n_layer: 2\n  block_size: 32\n"
+                                  << "data:\n  tokenizer: byte\ndevice: cpu\n";
+
+  const BpeTokenizer bytes;
+  auto expected = [&](double temperature, int64_t top_k, Generator* gen) {
+    std::vector<int64_t> prompt;
+    for (int32_t id : bytes.encode("To be")) prompt.push_back(id);
+    std::vector<int32_t> ids;
+    for (int64_t id : models::generate(model, prompt, 40, temperature, top_k, gen)) ids.push_back(static_cast<int32_t>(id));
+    return bytes.decode(ids) + "\n";
+  };
+  auto cli = [&](const std::string& args) {
+    const testing::CommandResult r =
+        testing::run_command(kiln_bin.string() + " generate '" + (dir / "gen.yaml").string() + "' checkpoint='" +
+                             dir.string() + "' prompt='To be' max_tokens=40 " + args + " 2>/dev/null");
+    EXPECT_TRUE(r.ok) << r.failure;
+    return r.output;
+  };
+  EXPECT_EQ(cli("temperature=0"), expected(0.0, 0, nullptr));
+  Generator seeded(5);
+  const std::string sampled = expected(0.9, 20, &seeded);
+  EXPECT_EQ(cli("temperature=0.9 top_k=20 seed=5"), sampled);
+  EXPECT_NE(cli("temperature=0.9 top_k=20 seed=6"), sampled);
+
+  const testing::CommandResult missing =
+      testing::run_command(kiln_bin.string() + " generate '" + (dir / "gen.yaml").string() + "' prompt=x 2>&1");
+  EXPECT_FALSE(missing.ok);
+  EXPECT_NE(missing.output.find("pass checkpoint=PATH"), std::string::npos) << missing.output;
+  std::error_code ec;
+  if (!::testing::Test::HasFailure()) fs::remove_all(dir, ec);
 }
 
 }  // namespace

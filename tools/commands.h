@@ -12,5 +12,6 @@ namespace kiln::cli {
 void add_train_commands(CLI::App& app, int& exit_code);  // train, eval (tools/train_command.cpp)
 void add_launch_command(CLI::App& app, int& exit_code);  // launch (tools/launch_command.cpp)
 void add_tokenize_commands(CLI::App& app, int& exit_code);  // tokenizer, tokenize (tools/tokenize_command.cpp)
+void add_generate_command(CLI::App& app, int& exit_code);  // generate (tools/generate_command.cpp)
 
 }  // namespace kiln::cli

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   kiln::cli::add_train_commands(app, exit_code);
   kiln::cli::add_launch_command(app, exit_code);
   kiln::cli::add_tokenize_commands(app, exit_code);
+  kiln::cli::add_generate_command(app, exit_code);
 
   try {
     app.parse(argc, argv);
