@@ -160,6 +160,8 @@ Tensor embedding(const Tensor& weight, const Tensor& indices);
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps = 1e-5);
 // The pre-LN transformer's residual step fused into one pass (one kernel on CUDA):
 // returns {sum, normed} with sum = x + residual and normed = layer_norm(sum, weight, bias).
+// x and residual have one shape; mixed dtypes promote like add (an f32 residual stream
+// meeting a bf16 branch under autocast gives an f32 sum).
 std::pair<Tensor, Tensor> add_layer_norm(const Tensor& x, const Tensor& residual, const Tensor& weight,
                                          const Tensor& bias, double eps = 1e-5);
 // torch.nn.functional.linear: x [..., in] @ weight[out, in]^T + bias [out] (bias optional),

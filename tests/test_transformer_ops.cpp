@@ -209,6 +209,20 @@ TEST(AddLayerNorm, EqualsAddThenLayerNorm) {
   }
 }
 
+TEST(AddLayerNorm, MixedDtypesPromoteLikeAdd) {
+  // Under autocast an f32 residual stream meets a bf16 branch: the sum is f32, and each input
+  // gets its gradient in its own dtype.
+  Tensor x = tensor(uniform_values(24, -2, 2, 36), {2, 12}, DType::bf16).requires_grad_(true);
+  Tensor r = tensor(uniform_values(24, -2, 2, 37), {2, 12}, DType::f32).requires_grad_(true);
+  const auto [s, n] = add_layer_norm(x, r, Tensor(), Tensor());
+  EXPECT_EQ(s.dtype(), DType::f32);
+  EXPECT_EQ(n.dtype(), DType::f32);
+  EXPECT_EQ(s.to_vector<double>(), add(x, r).to_vector<double>());
+  sum(add(s, n)).backward();
+  EXPECT_EQ(x.grad().dtype(), DType::bf16);
+  EXPECT_EQ(r.grad().dtype(), DType::f32);
+}
+
 TEST(AddLayerNorm, Gradcheck) {
   const Tensor x = rand_input({3, 5}, -2, 2, 21), r = rand_input({3, 5}, -2, 2, 22);
   const Tensor w = rand_input({5}, 0.5, 1.5, 23), b = rand_input({5}, -1, 1, 24);

@@ -155,14 +155,18 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
   return normalize_rows(x, x2d, Tensor(), no_sum, weight, bias, eps, x.shape());
 }
 
-std::pair<Tensor, Tensor> add_layer_norm(const Tensor& x, const Tensor& residual, const Tensor& weight,
+std::pair<Tensor, Tensor> add_layer_norm(const Tensor& x_arg, const Tensor& residual_arg, const Tensor& weight,
                                          const Tensor& bias, double eps) {
   const char* op = "add_layer_norm";
-  check_layer_norm_input(x, weight, bias, eps, op);
-  KILN_CHECK(residual.shape() == x.shape() && residual.dtype() == x.dtype() &&
-                 residual.device() == x.device(),
-             op, ": residual ", residual.meta_str(), " must match x ", x.meta_str(),
-             " (same shape, dtype and device; no broadcasting)");
+  check_layer_norm_input(x_arg, weight, bias, eps, op);
+  KILN_CHECK(residual_arg.shape() == x_arg.shape() && is_floating(residual_arg.dtype()) &&
+                 residual_arg.device() == x_arg.device(),
+             op, ": residual ", residual_arg.meta_str(), " must match x ", x_arg.meta_str(),
+             " (same shape and device, floating; no broadcasting)");
+  // Mixed dtypes promote like add (under autocast an f32 residual stream meets a bf16 branch);
+  // the casts are differentiable, so each input gets its gradient in its own dtype.
+  const DType dtype = promote_types(x_arg.dtype(), residual_arg.dtype());
+  const Tensor x = x_arg.to(dtype), residual = residual_arg.to(dtype);
   const int64_t c = x.size(-1);
   const Shape shape2d = {x.numel() / c, c};
   const Tensor x2d = x.detach().contiguous().view(shape2d);
