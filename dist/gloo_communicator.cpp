@@ -27,11 +27,13 @@
 #include <gloo/rendezvous/context.h>
 #include <gloo/rendezvous/hash_store.h>
 #include <gloo/rendezvous/store.h>
+#include <gloo/transport/tcp/address.h>
 #include <gloo/transport/tcp/device.h>
 
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <functional>
 #include <mutex>
 #include <sstream>
@@ -65,11 +67,16 @@ class GlooStore : public gloo::rendezvous::Store {
       : store_(std::move(store)), prefix_(std::move(prefix)) {}
   void set(const std::string& key, const std::vector<char>& data) override {
     store_->set(prefix_ + key, std::vector<uint8_t>(data.begin(), data.end()));
+    seen_[key] = data;
   }
   std::vector<char> get(const std::string& key) override {
     auto v = store_->get(prefix_ + key);
-    return {v.begin(), v.end()};
+    std::vector<char> value(v.begin(), v.end());
+    seen_[key] = value;
+    return value;
   }
+  // What set() and get() carried, by key: Gloo's address exchange, to name peers in errors.
+  const std::map<std::string, std::vector<char>>& seen() const { return seen_; }
   void wait(const std::vector<std::string>& keys) override { wait(keys, store_->timeout()); }
   void wait(const std::vector<std::string>& keys, const std::chrono::milliseconds& timeout) override {
     std::vector<std::string> full;
@@ -80,7 +87,37 @@ class GlooStore : public gloo::rendezvous::Store {
  private:
   std::shared_ptr<TCPStore> store_;
   std::string prefix_;
+  std::map<std::string, std::vector<char>> seen_;
 };
+
+// Gloo's errors name a pair by an address ("Connection closed by peer [127.0.0.1]:41235"). Its
+// full mesh setup (gloo 0.5) stores, under key "<r>", rank r's listening address for each of its
+// pairs, in rank order without r itself. Which end's address a pair reports depends on which
+// end connected, so both ends of our pair with rank r map to r.
+std::map<std::string, int> peer_addresses(const GlooStore& store, int rank, int world_size) {
+  std::map<std::string, int> peers;
+  auto address_in = [&](const std::vector<char>& all, int slot) {
+    const size_t chunk = all.size() / (world_size - 1);
+    const size_t at = static_cast<size_t>(slot) * chunk;
+    return gloo::transport::tcp::Address(std::vector<char>(all.begin() + at, all.begin() + at + chunk)).str();
+  };
+  try {
+    for (const auto& [key, all] : store.seen()) {
+      if (key.empty() || key.find_first_not_of("0123456789") != std::string::npos) continue;
+      if (all.empty() || all.size() % (world_size - 1) != 0) continue;
+      const int r = std::stoi(key);
+      if (r == rank) {
+        for (int peer = 0; peer < world_size; ++peer)
+          if (peer != rank) peers[address_in(all, peer > rank ? peer - 1 : peer)] = peer;
+      } else if (r >= 0 && r < world_size) {
+        peers[address_in(all, rank > r ? rank - 1 : rank)] = r;
+      }
+    }
+  } catch (const std::exception&) {
+    // Not address records (another Gloo version): errors just won't name the rank.
+  }
+  return peers;
+}
 
 // The address other ranks reach this one at: GLOO_SOCKET_IFNAME when set; loopback when the
 // master is local; else the local address the kernel routes towards the master.
@@ -207,6 +244,7 @@ class GlooCommunicator : public Communicator {
       if (store) {
         GlooStore gloo_store(store, "gloo/" + run_id + "/");
         context->connectFullMesh(gloo_store, device_);
+        peers_ = peer_addresses(gloo_store, rank_, world_size_);
       } else {
         gloo::rendezvous::HashStore local;
         context->connectFullMesh(local, device_);
@@ -325,6 +363,18 @@ class GlooCommunicator : public Communicator {
 
   uint32_t next_tag() { return tag_++; }  // worker thread only
 
+  // " (the peer at [127.0.0.1]:41235 is rank 1)" when the message names a peer we know.
+  std::string name_peer(const std::string& message) const {
+    for (const auto& [address, r] : peers_)
+      if (message.find(address) != std::string::npos)
+        return " (the peer at " + address + " is rank " + std::to_string(r) + ")";
+    // A pair that the peer connected reports the peer's outgoing port, which no record holds;
+    // with two ranks there is only one peer anyway.
+    if (world_size_ == 2 && message.find("peer") != std::string::npos)
+      return " (the peer is rank " + std::to_string(1 - rank_) + ")";
+    return "";
+  }
+
   // In place on n elements at data; runs on the worker thread.
   void all_reduce_raw(void* data, DType dtype, size_t n, ReduceOp op, const ReduceFn& fn) {
     if (n == 0) return;
@@ -377,7 +427,7 @@ class GlooCommunicator : public Communicator {
           error = std::current_exception();  // a check of ours: the communicator is still fine
         } catch (const std::exception& e) {
           broken_ = "gloo " + task.what + " failed on " + who() + " (timeout " + seconds_str(timeout_) +
-                    "): " + e.what() +
+                    "): " + e.what() + name_peer(e.what()) +
                     ". A peer rank may have exited, crashed, or not reached this collective; every rank "
                     "must issue the same collectives in the same order.";
           error = std::make_exception_ptr(Error(broken_));
@@ -399,6 +449,7 @@ class GlooCommunicator : public Communicator {
   std::string run_id_;
   std::shared_ptr<gloo::transport::Device> device_;
   std::shared_ptr<gloo::Context> context_;
+  std::map<std::string, int> peers_;  // Gloo pair address -> rank
 
   std::mutex mutex_;
   std::condition_variable cv_;

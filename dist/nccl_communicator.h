@@ -13,7 +13,8 @@ namespace kiln::dist {
 class TCPStore;
 
 // Rank 0 creates the ncclUniqueId and shares it through `store` (null when world_size is 1).
-// `device` is the rank's GPU (options.local_rank when it is plain "cuda").
+// `device` is the rank's GPU: the caller picks it (cuda:LOCAL_RANK when every rank sees all
+// of the node's GPUs).
 std::unique_ptr<Communicator> make_nccl_communicator(std::shared_ptr<TCPStore> store,
                                                      const InitOptions& options, Device device,
                                                      const std::string& run_id);

@@ -53,14 +53,14 @@ struct RankOptions {
   int port = 0;  // 0: a free port
   // Extra "NAME=value" entries for one rank (they replace inherited ones of the same name).
   std::function<std::vector<std::string>(int rank)> extra_env;
-  std::vector<std::string> args;  // extra command-line arguments after --gtest_filter
+  std::vector<std::string> args;  // extra command-line arguments, after the first ones
   std::chrono::seconds limit{90};  // ranks still running after this are killed (exit code -1)
 };
 
-// Runs `world_size` ranks of this binary restricted to `gtest_filter` and returns their exit
-// codes in rank order (128+N for a signal, -1 for killed at the limit).
-inline std::vector<int> run_ranks(const std::string& gtest_filter, int world_size,
-                                  const RankOptions& options = {}) {
+// Runs `world_size` copies of this binary with arguments `args` (and options.args) and returns
+// their exit codes in rank order (128+N for a signal, -1 for killed at the limit).
+inline std::vector<int> spawn_ranks(const std::vector<std::string>& first_args, int world_size,
+                                    const RankOptions& options = {}) {
   const int port = options.port ? options.port : free_port();
   std::vector<pid_t> pids(world_size, -1);
   for (int r = 0; r < world_size; ++r) {
@@ -81,7 +81,8 @@ inline std::vector<int> run_ranks(const std::string& gtest_filter, int world_siz
       for (const std::string& mine : env) replaced = replaced || name_of(mine) == name_of(entry);
       if (!replaced && entry.rfind("GTEST_", 0) != 0) env.push_back(entry);
     }
-    std::vector<std::string> args = {"/proc/self/exe", "--gtest_filter=" + gtest_filter};
+    std::vector<std::string> args = {"/proc/self/exe"};
+    args.insert(args.end(), first_args.begin(), first_args.end());
     args.insert(args.end(), options.args.begin(), options.args.end());
     std::vector<char*> argv, envp;
     for (auto& a : args) argv.push_back(a.data());
@@ -114,6 +115,12 @@ inline std::vector<int> run_ranks(const std::string& gtest_filter, int world_siz
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return codes;
+}
+
+// Runs `world_size` ranks of this test binary restricted to the worker test `gtest_filter`.
+inline std::vector<int> run_ranks(const std::string& gtest_filter, int world_size,
+                                  const RankOptions& options = {}) {
+  return spawn_ranks({"--gtest_filter=" + gtest_filter}, world_size, options);
 }
 
 }  // namespace kiln::testing

@@ -224,16 +224,22 @@ TEST(Gloo, PeerNeverArrivesTimesOut) {
   EXPECT_EQ(run_ranks("GlooWorker.PeerNeverArrives", 2, opts), std::vector<int>(2, 0));
 }
 
-// Rank 1 exits after connecting: rank 0's all_reduce fails instead of waiting out a long timeout.
+// The last rank exits after connecting: the others' all_reduce fails instead of waiting out a
+// long timeout, and with two ranks the error names the peer.
 TEST(GlooWorker, PeerExits) {
   if (!kiln::testing::is_dist_worker()) GTEST_SKIP() << "runs as a spawned rank";
   auto comm = init_from_env();
+  const int rank = comm->rank(), n = comm->world_size();
   comm->barrier();
-  if (comm->rank() == 1) std::_Exit(0);  // no clean shutdown, as a crash
+  if (rank == n - 1) std::_Exit(0);  // no clean shutdown, as a crash
   std::this_thread::sleep_for(300ms);
   Tensor t = ones({1000});
   const auto t0 = Clock::now();
-  expect_error([&] { comm->all_reduce(t); }, {"all_reduce", "rank 0 of 2"});
+  const std::string me = "rank " + std::to_string(rank) + " of " + std::to_string(n);
+  if (n == 2)
+    expect_error([&] { comm->all_reduce(t); }, {"all_reduce", me, "is rank 1"});
+  else
+    expect_error([&] { comm->all_reduce(t); }, {"all_reduce", me});
   EXPECT_LT(Clock::now() - t0, 20s);
 }
 
@@ -241,6 +247,7 @@ TEST(Gloo, PeerExitIsAnError) {
   kiln::testing::RankOptions opts;
   opts.extra_env = [](int) { return std::vector<std::string>{"KILN_DIST_TIMEOUT_S=30"}; };
   EXPECT_EQ(run_ranks("GlooWorker.PeerExits", 2, opts), std::vector<int>(2, 0));
+  EXPECT_EQ(run_ranks("GlooWorker.PeerExits", 3, opts), std::vector<int>(3, 0));
 }
 
 TEST(GlooWorker, WorldSizeMismatch) {
