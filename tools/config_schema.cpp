@@ -106,6 +106,14 @@ const std::vector<ConfigKey>& config_schema() {
       key("log.tensorboard", B, true, "write TensorBoard event files"),
 
       key("device", S, std::string("auto"), "auto (a GPU when visible), cpu, cuda or cuda:N"),
+
+      key("dist.backend", S, std::string("auto"),
+          "with several ranks (kiln launch): nccl, gloo, or auto (nccl on GPUs, else the launcher's --backend or gloo)",
+          {}, {}, {"auto", "nccl", "gloo"}),
+      key("dist.zero", I, int64_t{0}, "1: ZeRO-1, shard the optimizer state (and f32 master weights) across ranks", 0, 1),
+      key("dist.bucket_mb", F, 25.0, "DDP gradient bucket size in MB (all-reduced while backward runs)", 0.001),
+      key("dist.timeout_s", F, 60.0,
+          "seconds to wait for the other ranks (rendezvous and each collective); KILN_DIST_TIMEOUT_S overrides", 0.1),
   };
   return schema;
 }

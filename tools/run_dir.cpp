@@ -28,12 +28,13 @@ std::filesystem::path make_run_dir(const std::string& base, const std::string& n
   return dir;
 }
 
-RunLog::RunLog(const std::filesystem::path& file) : file_(file, std::ios::app) {
+RunLog::RunLog(const std::filesystem::path& file, bool to_terminal)
+    : file_(file, std::ios::app), to_terminal_(to_terminal) {
   KILN_CHECK(file_.good(), "cannot open log file ", file.string());
 }
 
 void RunLog::line(const std::string& text) {
-  std::cout << text << std::endl;
+  if (to_terminal_) std::cout << text << std::endl;
   file_only(text);
 }
 

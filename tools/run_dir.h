@@ -15,11 +15,13 @@ std::filesystem::path make_run_dir(const std::string& base, const std::string& n
 // Writes every line to the terminal and to train.log in the run directory.
 class RunLog {
  public:
-  explicit RunLog(const std::filesystem::path& file);
+  // to_terminal false: the file only (the other ranks of a data-parallel run).
+  explicit RunLog(const std::filesystem::path& file, bool to_terminal = true);
   void line(const std::string& text);           // terminal + file
   void file_only(const std::string& text);      // file
  private:
   std::ofstream file_;
+  bool to_terminal_ = true;
 };
 
 }  // namespace kiln

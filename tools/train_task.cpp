@@ -37,12 +37,18 @@ int64_t rows_per_step(const Config& cfg) {
 // ---------------------------------------------------------------- images
 class ImageTask final : public TrainTask {
  public:
-  ImageTask(const Config& cfg, Device device, bool training)
+  ImageTask(const Config& cfg, Device device, bool training, int rank, int world_size)
       : cfg_(cfg), label_smoothing_(cfg.get_float("train.label_smoothing")) {
     const std::string dataset = cfg.get_string("data.dataset"), dir = cfg.get_string("data.dir");
     if (training) {
       train_set_ = std::make_shared<ImageDataset>(load_dataset(dataset, "train", dir));
-      train_loader_ = std::make_unique<DataLoader>(train_set_, loader_options(true, device));
+      DataLoaderOptions o = loader_options(true, device);
+      std::shared_ptr<const Sampler> sampler;
+      if (world_size > 1) {  // this rank's share of each epoch's order (the sampler shuffles)
+        sampler = std::make_shared<DistributedSampler>(train_set_->size(), world_size, rank, o.shuffle, o.seed);
+        o.shuffle = false;
+      }
+      train_loader_ = std::make_unique<DataLoader>(train_set_, o, sampler);
     }
     test_set_ = std::make_shared<ImageDataset>(load_dataset(dataset, "test", dir));
     test_loader_ = std::make_unique<DataLoader>(test_set_, loader_options(false, device));
@@ -158,7 +164,7 @@ std::unique_ptr<TokenLoader> open_shards(const Config& cfg, const std::string& k
 
 class LanguageModelTask final : public TrainTask {
  public:
-  LanguageModelTask(const Config& cfg, Device device, bool training)
+  LanguageModelTask(const Config& cfg, Device device, bool training, int rank, int world_size)
       : cfg_(cfg), spec_(model_spec_from(cfg, {1, 1, 1})) {
     KILN_CHECK(spec_.name == "gpt", "data.dataset tokens trains a language model: set model.name to gpt (got ",
                spec_.name, ")");
@@ -174,7 +180,11 @@ class LanguageModelTask final : public TrainTask {
     if (training) {
       o.batch_size = rows_per_step(cfg);
       o.random = true;
+      o.rank = rank;  // each rank draws its own windows
+      o.world_size = world_size;
       train_ = open_shards(cfg, "data.train_shards", o);
+      o.rank = 0;
+      o.world_size = 1;
     }
     o.batch_size = cfg.get_int("data.batch_size");
     o.random = false;
@@ -270,15 +280,16 @@ models::ModelSpec model_spec_from(const Config& cfg, const Shape& chw) {
 
 // Token shards when data.dataset says tokens, or when shards are given and data.dataset is left
 // at its (image) default.
-std::unique_ptr<TrainTask> TrainTask::create(const Config& cfg, Device device, bool training) {
+std::unique_ptr<TrainTask> TrainTask::create(const Config& cfg, Device device, bool training, int rank,
+                                             int world_size) {
   const std::string dataset = cfg.get_string("data.dataset");
   const bool shards = !cfg.get_string("data.train_shards").empty();
   if (dataset == "tokens" || (shards && !cfg.is_set("data.dataset")))
-    return std::make_unique<LanguageModelTask>(cfg, device, training);
+    return std::make_unique<LanguageModelTask>(cfg, device, training, rank, world_size);
   KILN_CHECK(!shards, "data.train_shards is set but data.dataset is ", dataset, ": token shards need data.dataset tokens");
   KILN_CHECK(cfg.get_string("model.name") != "gpt", "model gpt trains on token shards: set data.dataset tokens and ",
              "data.train_shards (data.dataset is ", dataset, ")");
-  return std::make_unique<ImageTask>(cfg, device, training);
+  return std::make_unique<ImageTask>(cfg, device, training, rank, world_size);
 }
 
 }  // namespace kiln

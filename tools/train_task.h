@@ -34,7 +34,10 @@ class TrainTask {
   virtual ~TrainTask() = default;
 
   // The task data.dataset asks for. `training` false builds only what evaluation needs.
-  static std::unique_ptr<TrainTask> create(const Config& cfg, Device device, bool training);
+  // rank/world_size: data parallelism; each rank trains on its own share of every epoch
+  // (DistributedSampler) or of the token windows, data.batch_size rows per micro-batch.
+  static std::unique_ptr<TrainTask> create(const Config& cfg, Device device, bool training, int rank = 0,
+                                           int world_size = 1);
 
   // Everything model.* says, plus the input geometry of the data.
   virtual models::ModelSpec model_spec() const = 0;

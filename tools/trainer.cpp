@@ -30,6 +30,7 @@
 #include "tools/io/checkpoint.h"
 #include "tools/io/jsonl.h"
 #include "tools/io/tensorboard.h"
+#include "tools/distributed_run.h"
 #include "tools/progress.h"
 #include "tools/run_dir.h"
 #include "tools/train_task.h"
@@ -133,7 +134,9 @@ Batch slice_rows(const Batch& b, int64_t start, int64_t n) {
 
 // ---------------------------------------------------------------- train
 TrainSummary train(const Config& cfg) {
-  const Device device = resolve_device(cfg.get_string("device"));
+  // Several ranks (kiln launch): join them; each trains on cuda:LOCAL_RANK or the CPU.
+  DistributedRun dist(cfg, resolve_device(cfg.get_string("device")));
+  const Device device = dist.device();
   const int64_t total_steps = cfg.get_int("train.steps");
   const uint64_t seed = static_cast<uint64_t>(cfg.get_int("train.seed"));
   // Checked before anything is written: bad schedule options leave no run directory behind.
@@ -141,15 +144,18 @@ TrainSummary train(const Config& cfg) {
 
   // Data first: a missing dataset or shard should fail before any work is done or any
   // directory is made.
-  auto task = TrainTask::create(cfg, device, /*training=*/true);
+  auto task = TrainTask::create(cfg, device, /*training=*/true, dist.rank(), dist.world_size());
 
   // Run directory: a fresh one, or the one named by log.run_dir (what resume uses).
   std::string name = cfg.get_string("log.name");
   if (name.empty()) name = fs::path(cfg.source()).stem().string();
   if (name.empty() || name == "defaults") name = cfg.get_string("model.name");
-  const fs::path run_dir = make_run_dir(cfg.get_string("log.dir"), name, cfg.get_string("log.run_dir"));
-  io::write_file_atomic(run_dir / "config.yaml", cfg.to_yaml());
-  RunLog log(run_dir / "train.log");
+  // Rank 0 makes it and writes there; the other ranks only read checkpoints and keep a log of their own.
+  const fs::path run_dir =
+      dist.shared_path([&] { return make_run_dir(cfg.get_string("log.dir"), name, cfg.get_string("log.run_dir")); });
+  if (dist.is_main()) io::write_file_atomic(run_dir / "config.yaml", cfg.to_yaml());
+  RunLog log(dist.is_main() ? run_dir / "train.log" : run_dir / ("train.rank" + std::to_string(dist.rank()) + ".log"),
+             /*to_terminal=*/dist.is_main());
 
   // Model: initialised from the default generator (so dropout continues the same stream).
   manual_seed(seed);
@@ -157,6 +163,7 @@ TrainSummary train(const Config& cfg) {
   task->prepare_model(*model);
   model->to(device);
   auto optimizer = make_optimizer_from(cfg, *model);
+  dist.wrap(*model, *optimizer, log);  // rank 0's weights everywhere; DDP or ZeRO-1
   const Precision precision = precision_from(cfg);
   // f16's narrow range needs loss scaling; bf16 has f32's range and needs none.
   GradScaler scaler({.enabled = precision.autocast && precision.dtype == DType::f16});
@@ -165,7 +172,7 @@ TrainSummary train(const Config& cfg) {
   if (auto ckpt = resume_point(cfg.get_string("train.resume"), run_dir)) {
     io::CheckpointContents c = io::load_checkpoint(*ckpt);
     model->load_state_dict(c.model);
-    optimizer->load_state_tensors(c.optim);
+    dist.load_optimizer_state(*optimizer, c.optim);
     default_generator().set_state(c.rng_seed, c.rng_offset);
     task->load_data_state(c.data_loader);
     if (scaler.is_enabled() && c.extra.contains("grad_scaler")) {
@@ -188,12 +195,12 @@ TrainSummary train(const Config& cfg) {
 
   io::JsonlWriter metrics(run_dir / "metrics.jsonl");
   std::unique_ptr<io::SummaryWriter> tb;
-  if (cfg.get_bool("log.tensorboard")) tb = std::make_unique<io::SummaryWriter>(run_dir);
+  if (cfg.get_bool("log.tensorboard") && dist.is_main()) tb = std::make_unique<io::SummaryWriter>(run_dir);
 
   auto save = [&](int64_t at) {
     io::CheckpointContents c;
     c.model = model->state_dict();
-    c.optim = optimizer->state_tensors();
+    c.optim = dist.optimizer_state(*optimizer);  // gathered from every rank under ZeRO-1
     c.rng_seed = default_generator().seed();
     c.rng_offset = default_generator().offset();
     c.data_loader = task->data_state();
@@ -202,9 +209,12 @@ TrainSummary train(const Config& cfg) {
       c.extra["grad_scaler"] = {{"scale", gs.scale}, {"growth_tracker", gs.growth_tracker}};
     }
     c.config = cfg.to_yaml();
-    return io::save_checkpoint(run_dir / "checkpoints", at, c, static_cast<int>(cfg.get_int("checkpoint.keep_last")));
+    return dist.on_main([&] {
+      return io::save_checkpoint(run_dir / "checkpoints", at, c, static_cast<int>(cfg.get_int("checkpoint.keep_last")));
+    });
   };
   auto record = [&](int64_t at, const json& values) {
+    if (!dist.is_main()) return;
     json line = values;
     line["step"] = at;
     metrics.write(line);
@@ -230,7 +240,7 @@ TrainSummary train(const Config& cfg) {
   while (step < total_steps) {
     const Batch batch = task->next_batch();
     const double lr = schedule->lr_at(step);
-    apply_lr_schedule(*optimizer, *schedule, step);
+    apply_lr_schedule(dist.scheduled(*optimizer), *schedule, step);
 
     // Forward and backward micro-batch by micro-batch; gradients add up in .grad. Each loss is
     // weighted by its share of the step's rows, so the sum is the mean over the whole batch and
@@ -246,7 +256,10 @@ TrainSummary train(const Config& cfg) {
         loss = task->loss(*model, micro);
       }
       if (n != rows) loss = mul(loss, static_cast<double>(n) / static_cast<double>(rows));
-      scaler.scale(loss).backward();
+      {
+        auto no_sync = dist.micro_step(/*last=*/start + n >= rows);  // only the last one all-reduces
+        scaler.scale(loss).backward();
+      }
       NoGradGuard no_grad;
       Tensor l = loss.detach().to(DType::f64);
       step_loss = step_loss.defined() ? add(step_loss, l) : l;
@@ -255,12 +268,13 @@ TrainSummary train(const Config& cfg) {
     // The global gradient norm: clipped when asked, otherwise only measured at log steps
     // (an infinite limit never scales), since reading it waits for the device. With f16 the
     // gradients are unscaled first, so the clip sees their true size.
+    dist.sync_gradients();
     const bool log_now = step + 1 == total_steps || (step + 1) % log_every == 0;
     double grad_norm = -1;
     if (scaler.is_enabled() && (grad_clip > 0 || log_now)) scaler.unscale_(*optimizer);
-    if (grad_clip > 0) grad_norm = clip_grad_norm_(params, grad_clip);
-    else if (log_now) grad_norm = clip_grad_norm_(params, std::numeric_limits<double>::infinity());
-    scaler.step(*optimizer);  // skipped when an f16 gradient overflowed
+    if (grad_clip > 0) grad_norm = dist.clip_grad_norm(params, grad_clip);
+    else if (log_now) grad_norm = dist.clip_grad_norm(params, std::numeric_limits<double>::infinity());
+    dist.step(*optimizer, scaler);  // skipped when an f16 gradient overflowed
     scaler.update();
     optimizer->zero_grad();
     ++step;
@@ -270,17 +284,18 @@ TrainSummary train(const Config& cfg) {
       window_loss = window_loss.defined() ? add(window_loss, step_loss) : step_loss;
     }
     ++window_steps;
-    window_samples += rows;
-    window_tokens += task->tokens(batch);
+    window_samples += rows * dist.world_size();  // throughput of all ranks together
+    window_tokens += task->tokens(batch) * dist.world_size();
 
     if (log_now) {
-      const double mean_loss = window_loss.item() / static_cast<double>(window_steps);
+      const double mean_loss = dist.mean(window_loss.item() / static_cast<double>(window_steps));
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - window_start).count();
       const double samples_per_s = secs > 0 ? static_cast<double>(window_samples) / secs : 0.0;
       const double tokens_per_s = secs > 0 ? static_cast<double>(window_tokens) / secs : 0.0;
       json values = {{"train/loss", mean_loss}, {"train/lr", lr}, {"train/samples_per_s", samples_per_s}};
       if (window_tokens > 0) values["train/tokens_per_s"] = tokens_per_s;
       if (grad_norm >= 0) values["train/grad_norm"] = grad_norm;
+      dist.add_metrics(values);
       if (scaler.is_enabled()) {
         values["train/loss_scale"] = scaler.get_scale();
         values["train/skipped_steps"] = static_cast<double>(scaler.skipped_steps());
@@ -312,7 +327,7 @@ TrainSummary train(const Config& cfg) {
       summary.test_loss = e.loss;
       summary.test_accuracy = e.accuracy;
     }
-    const bool stopping = stop_signal != 0;
+    const bool stopping = dist.any(stop_signal != 0);  // every rank stops at the same step
     if ((ckpt_every > 0 && step % ckpt_every == 0) || step == total_steps || stopping) {
       const fs::path saved = save(step);
       log.file_only("checkpoint: " + saved.string());
