@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "core/autocast.h"
 #include "core/autograd.h"
 #include "core/generator.h"
 #include "core/ops.h"
@@ -221,6 +222,38 @@ TEST(Gpt, DropoutOnlyInTraining) {
   EXPECT_GT(max_abs_diff(a, b), 1e-3);  // fresh masks each call
   dropped.loss(a, tokens(2, 16, 50, 5)).backward();  // the explicit attention path has a backward
   EXPECT_TRUE(dropped.h[0]->attn->c_attn->weight.grad().defined());
+}
+
+// Mixed precision as the runner uses it: under bf16 autocast the GEMMs run in bf16 while
+// LayerNorms, the residual stream and the loss stay f32, and f32 weights get f32 gradients.
+// The loss and gradients stay close to f32's (bf16 keeps 8 bits of mantissa).
+TEST(Gpt, TrainsUnderAutocast) {
+  for (DType half : {DType::bf16, DType::f16}) {
+    SCOPED_TRACE(std::string(dtype_name(half)));
+    Generator gen(12);
+    GPT model(small_config(2, 64, 4, 16, 64), &gen);
+    const Tensor idx = tokens(2, 16, 64, 3), targets = tokens(2, 16, 64, 4);
+    const Tensor ref_loss = model.loss(model.forward(idx), targets);
+    ref_loss.backward();
+    const Tensor ref_grad = model.h[1]->mlp->c_fc->weight.grad().clone();
+    model.zero_grad();
+    Tensor loss;
+    {
+      AutocastGuard autocast(half);
+      const Tensor logits = model.forward(idx);
+      EXPECT_EQ(logits.dtype(), half);  // the tied head is a GEMM: it ran in half precision
+      loss = model.loss(logits, targets);
+    }
+    EXPECT_EQ(loss.dtype(), DType::f32);
+    loss.backward();
+    EXPECT_NEAR(loss.item(), ref_loss.item(), 2e-3 * ref_loss.item());
+    const Tensor grad = model.h[1]->mlp->c_fc->weight.grad();
+    ASSERT_EQ(grad.dtype(), DType::f32);
+    const double grad_err = max_abs_diff(grad, ref_grad) / max_abs_diff(ref_grad, zeros_like(ref_grad));
+    EXPECT_LE(grad_err, 0.03);
+    std::printf("%s autocast: loss %.5f vs f32 %.5f, c_fc gradient %.2e relative\n", std::string(dtype_name(half)).c_str(),
+                loss.item(), ref_loss.item(), grad_err);
+  }
 }
 
 // ---------------------------------------------------------------- KV cache and generation
