@@ -22,6 +22,7 @@
 #include "optim/clip_grad.h"
 #include "optim/param_groups.h"
 #include "optim/registry.h"
+#include "tests/dist_run.h"
 #include "tests/dist_spawn.h"
 #include "tests/expect_error.h"
 #include "tests/python_oracle.h"
@@ -338,6 +339,48 @@ TEST(Zero, ResumeContinuesExactly) {
   for (int world : {2, 3})
     EXPECT_EQ(run_ranks("ZeroWorker.ResumeContinuesExactly", world), std::vector<int>(static_cast<size_t>(world), 0))
         << world << " ranks";
+}
+
+// ---------------------------------------------------------------- through the runner
+// kiln launch + kiln train on Fashion-MNIST: N ranks with data.batch_size B / N (and, with
+// accumulation, micro-batches of it) end with the weights of one process with batch B.
+TEST(Runner, LaunchedRanksMatchOneProcess) {
+  if (!kiln::testing::have_fashion_mnist()) GTEST_SKIP() << "Fashion-MNIST not installed";
+  const fs::path dir = kiln::testing::make_temp_dir("kiln_ddp_runner_");
+  ASSERT_FALSE(dir.empty());
+  const std::vector<std::string> common = {"device=cpu",         "model.hidden_sizes=[32]", "train.steps=8",
+                                           "train.log_every=4",  "train.eval_every=0",      "checkpoint.every=0",
+                                           "log.tensorboard=false", "data.prefetch=0",      "optim.weight_decay=0.1",
+                                           "optim.grad_clip=1.0"};
+  auto train = [&](const std::string& name, int nproc, const std::vector<std::string>& extra) {
+    std::vector<std::string> args;
+    if (nproc > 1) args = {"launch", "--nproc", std::to_string(nproc), "--master-port", "0", kiln::testing::kiln_binary()};
+    args.insert(args.end(), {"train", (dir / "c.yaml").string(), "log.run_dir=" + (dir / name).string()});
+    args.insert(args.end(), common.begin(), common.end());
+    args.insert(args.end(), extra.begin(), extra.end());
+    const auto r = kiln::testing::run_kiln(args, {.env = {"OMP_NUM_THREADS=1"}});
+    EXPECT_EQ(r.exit_code, 0) << name << ":\n" << r.output;
+    return io::checkpoint_path(dir / name / "checkpoints", 8);
+  };
+  std::ofstream(dir / "c.yaml") << "model:\n  name: mlp\n";
+  const fs::path single = train("single", 1, {"data.batch_size=24"});
+  struct Variant {
+    std::string name;
+    int nproc;
+    std::vector<std::string> extra;
+  };
+  for (const Variant& v : {Variant{"ddp2", 2, {"data.batch_size=12"}},
+                           Variant{"ddp3", 3, {"data.batch_size=8"}},
+                           Variant{"ddp2_accum", 2, {"data.batch_size=6", "train.grad_accum_steps=2"}},
+                           Variant{"zero2_accum", 2, {"data.batch_size=6", "train.grad_accum_steps=2", "dist.zero=1"}},
+                           Variant{"zero3", 3, {"data.batch_size=8", "dist.zero=1"}}}) {
+    const fs::path ckpt = train(v.name, v.nproc, v.extra);
+    if (!fs::exists(ckpt)) continue;
+    const double diff = kiln::testing::max_weight_diff(single, ckpt);
+    EXPECT_LE(diff, 1e-6) << v.name;
+    std::printf("kiln launch %s: max |w - w_single| = %.3g after 8 steps\n", v.name.c_str(), diff);
+  }
+  fs::remove_all(dir);
 }
 
 }  // namespace
