@@ -141,7 +141,7 @@ NamedTensors ZeroRedundancyOptimizer::state_tensors() {
     const Piece& piece = pieces_[static_cast<size_t>(j)];
     slice.narrow(0, offsets_[static_cast<size_t>(piece.param)] + piece.begin - my_begin_, piece.size).copy_(t);
   }
-  Tensor steps = scalar_tensor(step, {.dtype = DType::f64}).reshape({1});
+  Tensor steps = scalar_tensor(step, {.dtype = DType::f64, .device = master_.device()}).reshape({1});
   comm_.all_reduce(steps, ReduceOp::max);
 
   std::map<std::string, Tensor> gathered;

@@ -65,7 +65,8 @@ std::string DistributedRun::describe() const {
 
 fs::path DistributedRun::shared_path(const std::function<fs::path()>& make) {
   if (!comm_) return make();
-  // The path travels as one i64 per byte: its length first, then the bytes.
+  // The path travels as one i64 per byte: its length first, then the bytes; on the device,
+  // since NCCL moves only CUDA tensors.
   std::string path;
   std::string error;
   if (is_main()) {
@@ -77,7 +78,7 @@ fs::path DistributedRun::shared_path(const std::function<fs::path()>& make) {
   }
   Tensor len = from_vector(std::vector<int64_t>{static_cast<int64_t>(error.empty() ? path.size() : 0),
                                                 error.empty() ? 0 : 1},
-                           {2});
+                           {2}, {.dtype = DType::i64, .device = device_});
   comm_->broadcast(len, 0);
   const std::vector<int64_t> head = len.to_vector<int64_t>();
   if (!error.empty()) throw Error(error);
@@ -85,7 +86,7 @@ fs::path DistributedRun::shared_path(const std::function<fs::path()>& make) {
   std::vector<int64_t> bytes(static_cast<size_t>(head[0]));
   for (size_t i = 0; i < path.size(); ++i) bytes[i] = static_cast<unsigned char>(path[i]);
   if (head[0] > 0) {
-    Tensor t = from_vector(bytes, {head[0]});
+    Tensor t = from_vector(bytes, {head[0]}, {.dtype = DType::i64, .device = device_});
     comm_->broadcast(t, 0);
     bytes = t.to_vector<int64_t>();
   }
