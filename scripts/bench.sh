@@ -16,6 +16,14 @@ failed=0 ran=0
 for exe in build-release/bench/bench_*; do
   [[ -f $exe && -x $exe ]] || continue
   name=$(basename "$exe")
+  case $name in
+    bench_gpt2) continue ;;  # GPU training: scripts/bench_gpt2.sh (--cpu for a dry run)
+    bench_allreduce)  # its own table (Gloo on loopback here), not Google Benchmark's
+      echo "== $name"
+      "$exe" | tee "$out/$name.txt" || failed=1
+      ran=$((ran + 1))
+      continue ;;
+  esac
   echo "== $name"
   "$exe" --benchmark_out="$out/$name.json" --benchmark_out_format=json || failed=1
   ran=$((ran + 1))
@@ -31,6 +39,14 @@ cpu=$(lscpu | sed -n 's/^Model name: *//p')
     "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo
   "$py" scripts/bench_table.py "$out"/*.json
+  for text in "$out"/*.txt; do
+    echo
+    echo "### $(basename "$text" .txt)"
+    echo
+    echo '```'
+    cat "$text"
+    echo '```'
+  done
 } >"$md"
 echo "bench.sh: wrote $md"
 exit $failed

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Checks kiln on a GPU machine without network: builds with CUDA into build-gpu/, runs the GPU tests
-# plainly and under compute-sanitizer (memcheck, racecheck, synccheck), runs every benchmark, and
-# writes bench/results/<date>-<gpu>.md. Keeps going after failures; exits non-zero if any.
+# plainly and under compute-sanitizer (memcheck, racecheck, synccheck), runs every benchmark (and
+# GPT-2 training next to PyTorch: scripts/bench_gpt2.sh), and writes bench/results/<date>-<gpu>.md.
+# Keeps going after failures; exits non-zero if any.
 #   scripts/gpu-check.sh [CMAKE_ARGS...]
 #   scripts/gpu-check.sh --fetch-deps     (on a Debian machine with network, see below)
 # Environment: CUDNN_ROOT, NCCL_ROOT (default: the CUDA tree, else nvidia-cudnn/nccl Python wheels),
 #   SANITIZER_TOOLS (default "memcheck racecheck synccheck"; "" skips them),
-#   SANITIZER_TIMEOUT (seconds per test and tool, default 300), BENCH_TIMEOUT (per executable, 300).
+#   SANITIZER_TIMEOUT (seconds per test and tool, default 300), BENCH_TIMEOUT (per executable, 300),
+#   GPT2_RUNS (runs of each side of the GPT-2 comparison, default 2; 0 skips it), GPT2_TIMEOUT,
+#   PYTHON (a python3 with CUDA torch for the PyTorch sides; default: the first that imports torch).
 set -euo pipefail
 shopt -s nullglob
 cd "$(dirname "$0")/.."
@@ -119,18 +122,58 @@ while IFS=$'\t' read -r name dir environment cmd; do
 done <"$log/gpu-tests.txt"
 
 # ---- benchmarks
-jsons=()
+# Google Benchmark executables write JSON tables. bench_allreduce prints its own table (kept as
+# text); bench_gpt2 runs below, next to PyTorch.
+slug=$(tr '[:upper:]' '[:lower:]' <<<"${gpu:-unknown-gpu}" | sed -E 's/[^a-z0-9]+/-/g; s/^-|-$//g')
+jsons=() texts=()
 for exe in build-gpu/bench/bench_*; do
   [[ -f $exe && -x $exe ]] || continue
   name=$(basename "$exe")
   echo "== $name"
+  case $name in
+    bench_gpt2) continue ;;
+    bench_allreduce)
+      timeout -k 10 "${BENCH_TIMEOUT:-300}" "$exe" >"$log/$name.txt" 2>"$log/$name.log" ||
+        { echo "**$name failed** (log: $log/$name.log)"; failed=1; }
+      [[ -s $log/$name.txt ]] && texts+=("$log/$name.txt")
+      continue ;;
+  esac
   timeout -k 10 "${BENCH_TIMEOUT:-300}" "$exe" --benchmark_format=json --benchmark_out="$log/$name.json" \
     >"$log/$name.log" 2>&1 || { echo "**$name failed** (log: $log/$name.log)"; failed=1; }
   [[ -s $log/$name.json ]] && jsons+=("$log/$name.json")
 done
 
+# PyTorch's side of the comparisons needs a python3 with (CUDA) torch: the machine's, not Debian's.
+torch_py=${PYTHON:-}
+if [[ -z $torch_py ]]; then
+  for candidate in python3 /usr/bin/python3; do
+    if command -v "$candidate" >/dev/null && "$candidate" -c 'import torch' 2>/dev/null; then torch_py=$candidate; break; fi
+  done
+fi
+if [[ -n $torch_py && -x build-gpu/bench/bench_attention ]]; then
+  echo "== torch_sdpa.py (PyTorch's side of bench_attention)"
+  timeout -k 10 "${BENCH_TIMEOUT:-300}" "$torch_py" bench/torch_sdpa.py >"$log/torch_sdpa.txt" 2>"$log/torch_sdpa.log" ||
+    echo "torch_sdpa.py failed (log: $log/torch_sdpa.log)"
+  [[ -s $log/torch_sdpa.txt ]] && texts+=("$log/torch_sdpa.txt")
+fi
+
+# GPT-2 124M training, kiln vs PyTorch: GPT2_RUNS runs of each side (default 2; 0 skips).
+gpt2_md=""
+if [[ ${GPT2_RUNS:-2} != 0 && -x build-gpu/bench/bench_gpt2 ]]; then
+  if [[ -n $torch_py ]]; then
+    gpt2_md=bench/results/$(date -u +%F)-gpt2-$slug.md
+    echo "== GPT-2 training, kiln vs PyTorch (scripts/bench_gpt2.sh)"
+    PYTHON=$torch_py scripts/bench_gpt2.sh --build-dir build-gpu --no-build --runs "${GPT2_RUNS:-2}" \
+      --out "$gpt2_md" 2>&1 | tee "$log/bench_gpt2.log" || { echo "**bench_gpt2.sh failed**"; failed=1; }
+  else
+    echo "== GPT-2: no python3 with torch here, kiln alone"
+    timeout -k 10 "${GPT2_TIMEOUT:-900}" build-gpu/bench/bench_gpt2 >"$log/bench_gpt2.txt" 2>"$log/bench_gpt2.log" ||
+      { echo "**bench_gpt2 failed** (log: $log/bench_gpt2.log)"; failed=1; }
+    [[ -s $log/bench_gpt2.txt ]] && texts+=("$log/bench_gpt2.txt")
+  fi
+fi
+
 # ---- summary
-slug=$(tr '[:upper:]' '[:lower:]' <<<"${gpu:-unknown-gpu}" | sed -E 's/[^a-z0-9]+/-/g; s/^-|-$//g')
 md=bench/results/$(date -u +%F)-$slug.md
 mkdir -p bench/results
 {
@@ -159,6 +202,20 @@ mkdir -p bench/results
   echo "## Benchmarks"
   echo
   if ((${#jsons[@]})); then "$py" scripts/bench_table.py --strict "${jsons[@]}" || failed=1; else echo "(none ran)"; fi
+  for text in "${texts[@]}"; do
+    echo
+    echo "### $(basename "$text" .txt)"
+    echo
+    echo '```'
+    cat "$text"
+    echo '```'
+  done
+  if [[ -s $gpt2_md ]]; then
+    echo
+    echo "## GPT-2 training, kiln vs PyTorch (from $gpt2_md)"
+    echo
+    tail -n +2 "$gpt2_md"
+  fi
 } >"$md"
 echo "gpu-check: wrote $md; logs in $log/"
 ((failed == 0)) || echo "gpu-check: FAILED (see the table in $md)" >&2
