@@ -162,12 +162,21 @@ std::unique_ptr<Communicator> init_process_group(const InitOptions& options, Dev
     run_id = rendezvous(*store, o);
   }
 
-  if (backend == "gloo") return make_gloo_communicator(std::move(store), o, run_id);
+  std::unique_ptr<Communicator> comm;
+  if (backend == "gloo") {
+    comm = make_gloo_communicator(store, o, run_id);
+  } else {
 #ifdef KILN_WITH_NCCL
-  return make_nccl_communicator(std::move(store), o, device, run_id);
-#else
-  KILN_FAIL("unreachable: nccl without KILN_WITH_NCCL");
+    comm = make_nccl_communicator(store, o, device, run_id);
 #endif
+  }
+  // Every rank's backend is up before any returns: the backends read the store while they
+  // connect, and rank 0 (its server) may otherwise finish and exit while a peer still reads.
+  if (store) {
+    if (store->add("kiln/backend_ready", 1) == o.world_size) store->set("kiln/all_ready", "1");
+    store->wait({"kiln/all_ready"});
+  }
+  return comm;
 }
 
 }  // namespace kiln::dist

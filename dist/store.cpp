@@ -299,10 +299,13 @@ class TCPStore::Server {
     }
   }
 
+  // Sends at once what the socket takes (the rest on POLLOUT): a rank may shut the server down
+  // right after its own answer, and the others' answers must be out by then.
   void reply(int fd, const std::vector<uint8_t>& payload) {
     auto f = frame(payload);
     auto& out = conns_[fd].out;
     out.insert(out.end(), f.begin(), f.end());
+    flush(fd);
   }
 
   bool flush(int fd) {
