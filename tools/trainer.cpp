@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -294,7 +295,8 @@ TrainSummary train(const Config& cfg) {
       const double tokens_per_s = secs > 0 ? static_cast<double>(window_tokens) / secs : 0.0;
       json values = {{"train/loss", mean_loss}, {"train/lr", lr}, {"train/samples_per_s", samples_per_s}};
       if (window_tokens > 0) values["train/tokens_per_s"] = tokens_per_s;
-      if (grad_norm >= 0) values["train/grad_norm"] = grad_norm;
+      // Not finite after an f16 overflow (that step was skipped; JSON has no inf).
+      if (grad_norm >= 0 && std::isfinite(grad_norm)) values["train/grad_norm"] = grad_norm;
       dist.add_metrics(values);
       if (scaler.is_enabled()) {
         values["train/loss_scale"] = scaler.get_scale();
