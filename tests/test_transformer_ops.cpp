@@ -287,6 +287,16 @@ TEST(FusedCrossEntropy, BatchedShapesIgnoreIndexAndAllIgnored) {
   EXPECT_TRUE(std::isnan(all.item())) << "mean over no targets is NaN, like PyTorch";
 }
 
+TEST(FusedCrossEntropy, WithoutGradientSameLoss) {
+  // Evaluation (no gradient wanted) skips the gradient pass; the loss is the same.
+  ClassifierCase c = classifier_case(9, 11, 10, -100, 38);
+  const double with_grad = fused_cross_entropy(c.logits, c.targets, 10).item();
+  NoGradGuard no_grad;
+  const Tensor loss = fused_cross_entropy(c.logits, c.targets, 10);
+  EXPECT_FALSE(loss.requires_grad());
+  EXPECT_EQ(loss.item(), with_grad);
+}
+
 TEST(FusedCrossEntropy, Gradcheck) {
   ClassifierCase c = classifier_case(6, 8, 6, -100, 28);
   EXPECT_GRADCHECK([&](auto& in) { return fused_cross_entropy(in[0], c.targets, 6); }, {c.logits});

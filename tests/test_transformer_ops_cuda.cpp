@@ -276,6 +276,10 @@ TEST(FusedCrossEntropyCuda, LossAndGradientMatchCpu) {
       poison_device_cache();
       const Tensor loss = fused_cross_entropy(x, t, c.valid), lossc = fused_cross_entropy(xc, t.to(kCuda), c.valid);
       expect_matches(lossc, loss, kLossTolerance, what + " loss");
+      {
+        NoGradGuard no_grad;  // evaluation: the kernel skips the gradient pass, same loss
+        expect_matches(fused_cross_entropy(xc, t.to(kCuda), c.valid), lossc.detach(), kExact, what + " eval loss");
+      }
       loss.backward(full({}, 2.5));
       poison_device_cache();
       lossc.backward(full({}, 2.5, {.device = kCuda}));

@@ -44,6 +44,7 @@ extern DispatchStub<void(Tensor& dx, Tensor& dweight, Tensor& dbias, const Tenso
 // `valid_classes` columns: losses[n] = logsumexp(x) - x[t], and
 //   dlogits[n, c] = (softmax(x)[c] - [c == t]) * grad_scale[0]   for c < valid_classes,
 // zero for the padded columns and for rows whose target is ignore_index (loss 0 there).
+// An undefined dlogits (no gradient wanted: evaluation) skips the gradient pass.
 // grad_scale is a one-element tensor of the accumulation dtype on the logits' device (1 / the
 // number of counted rows, computed there: no host round trip). A target outside
 // [0, valid_classes) is an error on the CPU and gives a NaN loss and gradient row on CUDA.

@@ -205,7 +205,9 @@ Tensor fused_cross_entropy(const Tensor& logits, const Tensor& targets, int64_t 
   const Tensor t = targets.detach().reshape({-1}).contiguous();
   const int64_t n = x.size(0);
   Tensor losses = Tensor::empty({n}, {acc, dev});
-  Tensor dlogits = Tensor::empty(x.shape(), x.options());
+  // The gradient is written only when it will be wanted (not in evaluation).
+  const bool want_grad = needs_grad({&logits});
+  Tensor dlogits = want_grad ? Tensor::empty(x.shape(), x.options()) : Tensor();
   Tensor loss;
   {
     NoGradGuard no_grad;
@@ -217,6 +219,7 @@ Tensor fused_cross_entropy(const Tensor& logits, const Tensor& targets, int64_t 
     if (n > 0) fused_cross_entropy_stub(dev, losses, dlogits, x, t, grad_scale, valid_classes, ignore_index);
     loss = div(sum(losses), count).to(acc);
   }
+  if (!want_grad) return loss;
   const Shape logits_shape = logits.shape();
   record(kFusedCrossEntropyNode, loss, {&logits},
          [ds = SavedTensor(dlogits), logits_shape](const Tensor& g) -> std::vector<Tensor> {

@@ -239,10 +239,10 @@ void fused_cross_entropy_typed(opmath_t<T>* losses, T* dlogits, const T* logits,
 #pragma omp parallel for if (rows * classes > kParallelGrain)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t t = static_cast<int64_t>(targets[r]);
-    T* d = dlogits + r * classes;
+    T* d = dlogits ? dlogits + r * classes : nullptr;
     if (t == ignore_index) {
       losses[r] = 0;
-      std::fill_n(d, classes, static_cast<T>(0.0f));
+      if (d) std::fill_n(d, classes, static_cast<T>(0.0f));
       continue;
     }
     const T* x = logits + r * classes;
@@ -252,6 +252,7 @@ void fused_cross_entropy_typed(opmath_t<T>* losses, T* dlogits, const T* logits,
     for (int64_t c = 0; c < valid; ++c) s += static_cast<double>(std::exp(static_cast<A>(x[c]) - m));
     const A lse = m + static_cast<A>(std::log(s));
     losses[r] = lse - static_cast<A>(x[t]);
+    if (!d) continue;
     for (int64_t c = 0; c < valid; ++c) {
       const A p = std::exp(static_cast<A>(x[c]) - lse);
       d[c] = static_cast<T>((p - (c == t ? A(1) : A(0))) * scale);
@@ -271,7 +272,7 @@ void fused_cross_entropy_cpu(Tensor& losses, Tensor& dlogits, const Tensor& logi
     KILN_DISPATCH_INDEX(targets.dtype(), "fused_cross_entropy", [&] {
       const auto* t = static_cast<const scalar_t*>(targets.data_ptr());
       check_targets(t, rows, valid_classes, ignore_index);
-      fused_cross_entropy_typed(static_cast<A*>(losses.data_ptr()), static_cast<T*>(dlogits.data_ptr()),
+      fused_cross_entropy_typed(static_cast<A*>(losses.data_ptr()), data_or_null_mut<T>(dlogits),
                                 static_cast<const T*>(logits.data_ptr()), t, scale, rows, classes,
                                 valid_classes, ignore_index);
     });

@@ -3,7 +3,8 @@
 // (an online softmax: a new max rescales the running sum); one block reduction gives the
 // row's log-sum-exp, thread 0 writes the loss, and the second pass writes
 // dlogits = (softmax - onehot) * grad_scale, zero in the padded columns. Probabilities are
-// never stored. 16-byte access when rows are aligned (GPT-2's padded 50304 columns are).
+// never stored; without dlogits (evaluation) the second pass is skipped. 16-byte access
+// when rows are aligned (GPT-2's padded 50304 columns are).
 // A target outside [0, valid) that is not ignore_index gives a NaN loss and NaN gradient
 // row: the GPU cannot throw without waiting, and a NaN is loud.
 #include <cuda_runtime.h>
@@ -83,13 +84,14 @@ __global__ void fused_cross_entropy_kernel(opmath_t<T>* __restrict__ losses, T* 
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t t = static_cast<int64_t>(targets[row]);
     const T* x = logits + row * classes;
-    T* d = dlogits + row * classes;
+    T* d = dlogits ? dlogits + row * classes : nullptr;
     const bool ignored = t == ignore_index;
     if (ignored || t < 0 || t >= valid) {  // the same branch for the whole block
       A fill[kVec];
 #pragma unroll
       for (int k = 0; k < kVec; ++k) fill[k] = ignored ? A(0) : std::numeric_limits<A>::quiet_NaN();
-      for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) store_vec<kVec>(d, i, fill);
+      if (d)
+        for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) store_vec<kVec>(d, i, fill);
       if (threadIdx.x == 0) losses[row] = fill[0];
       continue;
     }
@@ -104,6 +106,7 @@ __global__ void fused_cross_entropy_kernel(opmath_t<T>* __restrict__ losses, T* 
     st = cuda::block_reduce(st, MergeSoftmaxStats{}, SoftmaxStats<A>{neg_inf<A>(), A(0)}, scratch);
     const A lse = st.max + log_(st.sum);
     if (threadIdx.x == 0) losses[row] = lse - static_cast<A>(x[t]);
+    if (!d) continue;  // evaluation: no gradient wanted
     for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
       A v[kVec];
       load_vec<kVec>(x, i, v);
@@ -130,7 +133,7 @@ void fused_cross_entropy_cuda(Tensor& losses, Tensor& dlogits, const Tensor& log
     using T = scalar_t;
     using A = opmath_t<T>;
     const T* x = static_cast<const T*>(logits.data_ptr());
-    T* d = static_cast<T*>(dlogits.data_ptr());
+    T* d = data_or_null_mut<T>(dlogits);
     A* l = static_cast<A*>(losses.data_ptr());
     const A* s = static_cast<const A*>(grad_scale.data_ptr());
     KILN_DISPATCH_INDEX(targets.dtype(), "fused_cross_entropy", [&] {
