@@ -1,7 +1,7 @@
 // Faults in a data-parallel run, through `kiln launch` and `kiln train` on Gloo: nothing hangs.
 //   - a rank killed mid-run: every process gone, non-zero exit naming the rank, within 60 s
-//   - a rank whose peers never come (wrong world size) or whose master is unreachable: a clear
-//     error once dist.timeout_s has passed
+//   - a rank whose peers never come or whose master is unreachable: a clear error once
+//     dist.timeout_s has passed; ranks that disagree on WORLD_SIZE: an error naming both, at once
 //   - SIGINT to the launcher: every rank stops at the same step, rank 0 writes one checkpoint,
 //     exit 130, and a resume with the same world size ends with the weights of a run that was
 //     never interrupted.
@@ -88,6 +88,32 @@ TEST_F(DistFaults, MissingPeersFailAfterTheTimeout) {
   EXPECT_LT(r.seconds, 30.0) << r.output;
   std::printf("rank 0 of 2 alone: exit %d after %.2f s (timeout 3 s): %s", r.exit_code, r.seconds,
               r.output.substr(r.output.find("error: ")).c_str());
+}
+
+TEST_F(DistFaults, MismatchedWorldSizesAreNamed) {
+  // Two processes that disagree: rank 0 says 2 ranks, rank 1 says 3.
+  const int port = kiln::testing::free_port();
+  auto env = [&](int rank, int world) {
+    return std::vector<std::string>{"RANK=" + std::to_string(rank), "WORLD_SIZE=" + std::to_string(world),
+                                    "LOCAL_RANK=" + std::to_string(rank), "MASTER_ADDR=127.0.0.1",
+                                    "MASTER_PORT=" + std::to_string(port), "OMP_NUM_THREADS=1"};
+  };
+  KilnRun r0, r1;
+  std::thread t0([&] { r0 = run_kiln(train_args(0, "run0", {"train.steps=5", "dist.timeout_s=10"}), {.env = env(0, 2)}); });
+  std::thread t1([&] { r1 = run_kiln(train_args(0, "run1", {"train.steps=5", "dist.timeout_s=10"}), {.env = env(1, 3)}); });
+  t0.join();
+  t1.join();
+  for (const KilnRun* r : {&r0, &r1}) {
+    EXPECT_EQ(r->exit_code, 1) << r->output;
+    EXPECT_NE(r->output.find("error: "), std::string::npos) << r->output;
+    EXPECT_LT(r->seconds, 30.0) << r->output;
+  }
+  // The error says what disagreed, with both sizes.
+  const std::string both = r0.output + r1.output;
+  EXPECT_NE(both.find("WORLD_SIZE"), std::string::npos) << both;
+  EXPECT_TRUE(both.find(" 2") != std::string::npos && both.find(" 3") != std::string::npos) << both;
+  std::printf("WORLD_SIZE 2 vs 3: exits %d/%d after %.2f/%.2f s: %s", r0.exit_code, r1.exit_code, r0.seconds,
+              r1.seconds, both.substr(both.find("error: ")).c_str());
 }
 
 TEST_F(DistFaults, UnreachableMasterFailsAfterTheTimeout) {
