@@ -17,9 +17,12 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/generator.h"
 #include "core/ops.h"
 #include "core/philox.h"
 #include "data/token_shards.h"
+#include "models/gpt.h"
+#include "tools/io/safetensors.h"
 #include "tools/config.h"
 #include "tools/io/checkpoint.h"
 #include "tools/io/jsonl.h"
@@ -286,6 +289,45 @@ TEST_F(TrainLmTest, BadInputFailsClearly) {
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.output.find("train.precision"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("fp8"), std::string::npos) << r.output;
+}
+
+// model.init_from: Hugging Face GPT-2 weights (Conv1D layout, unpadded wte, an lm_head copy)
+// written from a kiln GPT come back as that GPT's weights. lr 0, so the step changes nothing.
+TEST_F(TrainLmTest, InitFromHuggingFaceWeights) {
+  models::GPTConfig gc;
+  gc.n_layer = 2, gc.n_head = 2, gc.n_embd = 32, gc.block_size = 32, gc.vocab_size = kVocab;
+  gc.padded_vocab_size = models::padded_vocab_size(kVocab);
+  Generator gen(99);
+  models::GPT source(gc, &gen);
+  nn::NamedTensors hf;
+  for (const auto& [name, t] : source.state_dict()) {
+    std::string hf_name = name.substr(std::string("transformer.").size());
+    Tensor v = t;
+    for (const char* conv1d : {".c_attn.weight", ".c_proj.weight", ".c_fc.weight"})
+      if (hf_name.ends_with(conv1d)) v = t.t().contiguous();
+    if (hf_name == "wte.weight") v = t.narrow(0, 0, kVocab).contiguous();
+    hf.emplace_back(hf_name, v);
+  }
+  hf.emplace_back("lm_head.weight", hf.front().second);  // wte comes first in the state dict
+  const fs::path file = dir_ / "hf.safetensors";
+  io::save_safetensors(file, hf);
+
+  const TrainSummary s = train(tiny("init", {"model.init_from=" + file.string(), "optim.lr=0", "train.steps=1",
+                                             "train.eval_every=0"}));
+  const auto ckpt = io::load_checkpoint(io::checkpoint_path(s.run_dir / "checkpoints", 1));
+  const nn::NamedTensors expected = source.state_dict();
+  ASSERT_EQ(ckpt.model.size(), expected.size());
+  for (size_t i = 0; i < expected.size(); ++i) {
+    ASSERT_EQ(ckpt.model[i].first, expected[i].first);
+    EXPECT_EQ(max_abs_diff(ckpt.model[i].second, expected[i].second), 0.0) << expected[i].first;
+  }
+  // Without init_from the same config starts elsewhere (seed 7, not the file's weights).
+  const TrainSummary r = train(tiny("random", {"optim.lr=0", "train.steps=1", "train.eval_every=0"}));
+  const auto rc = io::load_checkpoint(io::checkpoint_path(r.run_dir / "checkpoints", 1));
+  EXPECT_GT(max_abs_diff(rc.model[0].second, expected[0].second), 0.0);
+
+  const std::string msg = error_of_train(tiny("bad", {"model.init_from=" + (dir_ / "none.safetensors").string()}));
+  EXPECT_NE(msg.find("none.safetensors"), std::string::npos) << msg;
 }
 
 // The image path accumulates the same way: 4 x 16 == 1 x 64 on Fashion-MNIST (when installed).
