@@ -61,7 +61,7 @@ const std::vector<ConfigKey>& config_schema() {
       key("data.val_shards", S, std::string(""), "tokens: validation shards, as data.train_shards"),
       key("data.seq_len", I, int64_t{0}, "tokens: sequence length T of each row; 0: model.block_size", 0),
       key("data.tokenizer", S, std::string(""),
-          "tokens: how the shards were tokenized (byte, or a BPE tokenizer file); recorded for kiln generate"),
+          "tokens: the shards' tokenizer, for kiln generate: byte, a kiln tokenizer file, or a directory with GPT-2's encoder.json and vocab.bpe"),
 
       key("optim.name", S, std::string("adamw"), "optimizer: sgd, adam or adamw"),
       key("optim.lr", F, 1e-3, "peak learning rate", 0.0),
