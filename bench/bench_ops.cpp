@@ -123,7 +123,7 @@ BENCHMARK(BM_LayerNormCpu)->Args({1024, 768})->UseRealTime()->Unit(benchmark::kM
 
 void BM_FusedCrossEntropyCpu(benchmark::State& state) {
   const int64_t rows = state.range(0), cols = state.range(1);
-  const Tensor x = kiln::randn({rows, cols});
+  const Tensor x = kiln::randn({rows, cols}).requires_grad_(true);  // training: dlogits written
   const Tensor t = kiln::randint(0, 50257, {rows});
   for (auto _ : state) {
     Tensor loss = kiln::fused_cross_entropy(x, t, 50257);
@@ -387,15 +387,16 @@ void BM_GeluForwardBackwardCuda(benchmark::State& state, DType dtype) {
   report_bandwidth(state, 7 * bytes_of(n, dtype), s);
 }
 
-// The fused classifier: logits in, dlogits out (per-row losses and the mean are small).
-void BM_FusedCrossEntropyCuda(benchmark::State& state, DType dtype) {
+// The fused classifier in training (logits require grad): logits in, dlogits out (per-row
+// losses and the mean are small). With `eval` no gradient is wanted: logits in only.
+void BM_FusedCrossEntropyCuda(benchmark::State& state, DType dtype, bool eval) {
   if (skip_without_cuda(state)) return;
   const int64_t rows = kGptRows, cols = kGptVocab;
-  const Tensor x = cuda_rand({rows, cols}, dtype);
+  const Tensor x = cuda_rand({rows, cols}, dtype).requires_grad_(!eval);
   const Tensor t = kiln::randint(0, kGptValidVocab, {rows}, {.dtype = DType::i32, .device = kCuda});
   const double s = run_timed(
       state, [&] { benchmark::DoNotOptimize(kiln::fused_cross_entropy(x, t, kGptValidVocab).data_ptr()); }, true);
-  report_bandwidth(state, 2 * bytes_of(rows * cols, dtype) + rows * 4, s);
+  report_bandwidth(state, (eval ? 1 : 2) * bytes_of(rows * cols, dtype) + rows * 4, s);
 }
 
 // One fused AdamW step over GPT-2 124M's parameter list (f32): per parameter, param, grad
@@ -448,8 +449,9 @@ KILN_CUDA_BENCH(BM_AddLayerNormCuda, f32);
 KILN_CUDA_BENCH(BM_AddLayerNormCuda, bf16);
 KILN_CUDA_BENCH(BM_GeluForwardBackwardCuda, f32);
 KILN_CUDA_BENCH(BM_GeluForwardBackwardCuda, bf16);
-KILN_CUDA_BENCH(BM_FusedCrossEntropyCuda, f32);
-KILN_CUDA_BENCH(BM_FusedCrossEntropyCuda, bf16);
+BENCHMARK_CAPTURE(BM_FusedCrossEntropyCuda, f32, DType::f32, false)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_FusedCrossEntropyCuda, bf16, DType::bf16, false)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_FusedCrossEntropyCuda, bf16_eval, DType::bf16, true)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_AdamWCuda)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 #endif  // KILN_WITH_CUDA
