@@ -9,7 +9,9 @@
 # The batch starts at --batch (16) and halves while kiln runs out of memory; PyTorch gets the
 # batch kiln ran. --cpu is a dry run of the whole pipeline on the CPU (pass a tiny preset and
 # sequence, e.g. --cpu --preset gpt-char-tiny --seq 64 --batch 2 --steps 2 --warmup 1); it
-# builds with the CPU backend into build-release/ unless --build-dir says otherwise.
+# builds with the CPU backend into build-release/ unless --build-dir says otherwise. A build dir
+# that is configured already (build-gpu/ after scripts/gpu-check.sh) keeps its CMake cache, so
+# gpu-check's cuDNN/NCCL/.gpu-deps hints stay.
 # Environment: PYTHON (default: python3, else /usr/bin/python3: whichever imports torch),
 #   GPT2_TIMEOUT (seconds per run, default 900).
 set -euo pipefail
@@ -45,7 +47,10 @@ fi
 exe=$build_dir/bench/bench_gpt2
 if ((build)); then
   export CCACHE_BASEDIR=$PWD CCACHE_NOHASHDIR=true
-  if ((cpu)); then
+  if [[ -f $build_dir/CMakeCache.txt ]]; then
+    # Configured already (by gpu-check.sh, with its library hints): keep the cache, add the benches.
+    cmake -S . -B "$build_dir" -DKILN_BENCH=ON >/dev/null
+  elif ((cpu)); then
     cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKILN_CUDA=OFF -DKILN_BENCH=ON -DBUILD_TESTING=OFF >/dev/null
   else
     [[ -d /usr/local/cuda/bin ]] && export PATH=/usr/local/cuda/bin:$PATH
