@@ -279,8 +279,8 @@ class GlooCommunicator : public Communicator {
                t.meta_str(), "; use sum and divide");
     ReduceFn fn = reduce_fn(t.dtype(), op);
     const std::string what = "all_reduce(" + std::string(op_name(op)) + ", " + t.meta_str() + ")";
+    t.bump_version();  // here, not on the worker: the version counter is not atomic
     return enqueue(what, [this, t, op, fn = std::move(fn)] {
-      t.bump_version();
       all_reduce_raw(t.data_ptr(), t.dtype(), static_cast<size_t>(t.numel()), op, fn);
     });
   }
@@ -289,6 +289,7 @@ class GlooCommunicator : public Communicator {
     check_cpu_contiguous("broadcast", t);
     KILN_CHECK(root >= 0 && root < world_size_, "broadcast: root ", root, " is outside 0..",
                world_size_ - 1, " (", who(), ")");
+    t.bump_version();
     run_sync("broadcast(root " + std::to_string(root) + ", " + t.meta_str() + ")", [&] {
       if (t.numel() == 0) return;
       gloo::BroadcastOptions opts(context_);
@@ -297,7 +298,6 @@ class GlooCommunicator : public Communicator {
       opts.setTag(next_tag());
       opts.setTimeout(timeout_);
       gloo::broadcast(opts);
-      t.bump_version();
     });
   }
 
@@ -307,6 +307,7 @@ class GlooCommunicator : public Communicator {
     KILN_CHECK(in.dtype() == out.dtype() && out.numel() == in.numel() * world_size_,
                "all_gather: out must hold world_size (", world_size_, ") x in.numel() elements of in's "
                "dtype; got in ", in.meta_str(), ", out ", out.meta_str());
+    out.bump_version();
     run_sync("all_gather(" + in.meta_str() + ")", [&] {
       const size_t bytes = static_cast<size_t>(in.numel()) * in.element_size();
       if (bytes == 0) return;
@@ -316,7 +317,6 @@ class GlooCommunicator : public Communicator {
       opts.setTag(next_tag());
       opts.setTimeout(timeout_);
       gloo::allgather(opts);
-      out.bump_version();
     });
   }
 
@@ -329,13 +329,13 @@ class GlooCommunicator : public Communicator {
     KILN_CHECK(op != ReduceOp::avg || is_floating(in.dtype()), "reduce_scatter avg needs a floating dtype, got ",
                in.meta_str());
     ReduceFn fn = reduce_fn(in.dtype(), op);
+    out.bump_version();
     run_sync("reduce_scatter(" + std::string(op_name(op)) + ", " + in.meta_str() + ")", [&] {
       const size_t chunk = static_cast<size_t>(out.numel()) * out.element_size();
       std::vector<uint8_t> buffer(chunk * world_size_);
       std::memcpy(buffer.data(), in.data_ptr(), buffer.size());
       all_reduce_raw(buffer.data(), in.dtype(), static_cast<size_t>(in.numel()), op, fn);
       std::memcpy(out.data_ptr(), buffer.data() + chunk * rank_, chunk);
-      out.bump_version();
     });
   }
 

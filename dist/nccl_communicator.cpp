@@ -162,6 +162,7 @@ class NcclCommunicator : public Communicator {
     KILN_CHECK(op != ReduceOp::avg || is_floating(t.dtype()), "all_reduce avg needs a floating dtype, got ",
                t.meta_str(), "; use sum and divide");
     const std::string what = "all_reduce(" + std::string(op_name(op)) + ", " + t.meta_str() + ")";
+    t.bump_version();  // outputs only: autograd must not see inputs as modified
     return launch(what, {t}, [&] {
       return ncclAllReduce(t.data_ptr(), t.data_ptr(), t.numel(), nccl_type(t.dtype()), nccl_op(op), comm_, stream_);
     });
@@ -172,6 +173,7 @@ class NcclCommunicator : public Communicator {
     KILN_CHECK(root >= 0 && root < world_size_, "broadcast: root ", root, " is outside 0..", world_size_ - 1,
                " (", who(), ")");
     const size_t bytes = static_cast<size_t>(t.numel()) * t.element_size();
+    t.bump_version();
     launch("broadcast(root " + std::to_string(root) + ", " + t.meta_str() + ")", {t}, [&] {
       return ncclBroadcast(t.data_ptr(), t.data_ptr(), bytes, ncclUint8, root, comm_, stream_);
     })->wait();
@@ -184,6 +186,7 @@ class NcclCommunicator : public Communicator {
                "all_gather: out must hold world_size (", world_size_, ") x in.numel() elements of in's dtype; "
                "got in ", in.meta_str(), ", out ", out.meta_str());
     const size_t bytes = static_cast<size_t>(in.numel()) * in.element_size();
+    out.bump_version();
     launch("all_gather(" + in.meta_str() + ")", {in, out}, [&] {
       return ncclAllGather(in.data_ptr(), out.data_ptr(), bytes, ncclUint8, comm_, stream_);
     })->wait();
@@ -197,6 +200,7 @@ class NcclCommunicator : public Communicator {
                "dtype; got in ", in.meta_str(), ", out ", out.meta_str());
     KILN_CHECK(op != ReduceOp::avg || is_floating(in.dtype()), "reduce_scatter avg needs a floating dtype, got ",
                in.meta_str());
+    out.bump_version();
     launch("reduce_scatter(" + std::string(op_name(op)) + ", " + in.meta_str() + ")", {in, out}, [&] {
       return ncclReduceScatter(in.data_ptr(), out.data_ptr(), out.numel(), nccl_type(in.dtype()), nccl_op(op),
                                comm_, stream_);
@@ -283,12 +287,10 @@ class NcclCommunicator : public Communicator {
     // Inputs are ready once the work already queued on kiln's stream is.
     KILN_CUDA_CHECK(cudaEventRecord(ready_, cuda::current_stream(device_)));
     KILN_CUDA_CHECK(cudaStreamWaitEvent(stream_, ready_, 0));
-    for (const Tensor& t : tensors) {
+    for (const Tensor& t : tensors)
       if (t.numel() > 0)
         cuda_caching_allocator(device_).record_stream(t.storage()->data(),
                                                       reinterpret_cast<StreamId>(stream_));
-      t.bump_version();
-    }
     const ncclResult_t r = call();
     if (r != ncclSuccess && r != ncclInProgress)
       KILN_FAIL("nccl ", what, " failed on ", who(), ": ", ncclGetErrorString(r), " (", ncclGetLastError(comm_), ")");
