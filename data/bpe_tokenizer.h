@@ -58,8 +58,9 @@ class BpeTokenizer {
   // alphabet) and vocab.bpe (the merges, "#version" line first). The ids match GPT-2's.
   static BpeTokenizer load_gpt2(const std::string& encoder_json, const std::string& vocab_bpe);
 
-  // Token ids of `text`. With allow_special, each "<|endoftext|>" in the text becomes the special
-  // token; without, it is plain text (as tiktoken's encode_ordinary).
+  // Token ids of `text`. With allow_special (and a tokenizer that has the special token), each
+  // "<|endoftext|>" in the text becomes that token; otherwise it is plain text (as tiktoken's
+  // encode_ordinary).
   std::vector<int32_t> encode(std::string_view text, bool allow_special = false) const;
   // The bytes of `ids`; an id outside the vocabulary is an error.
   std::string decode(std::span<const int32_t> ids) const;

@@ -526,6 +526,14 @@ TEST(TokenizeCli, TrainTokenizeAndReadBack) {
   for (std::size_t i = 0; i < ids.size(); ++i) expected << (i ? " " : "") << ids[i];
   EXPECT_EQ(r.output, expected.str() + "\n");
 
+  // GPT-2's files converted to a kiln tokenizer file: the same tokenizer.
+  write_gpt2_files(dir, {"Ġt", "he", "Ġthe"}, "Ġ t\nh e\nĠt he\n");
+  r = run_kiln("tokenizer import-gpt2 --encoder-json " + dir.file("encoder.json") + " --vocab-bpe " +
+               dir.file("vocab.bpe") + " --output " + dir.file("gpt2.tok"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(BpeTokenizer::load(dir.file("gpt2.tok")),
+            BpeTokenizer::load_gpt2(dir.file("encoder.json"), dir.file("vocab.bpe")));
+
   // Bad input: one clear message and exit status 1.
   r = run_kiln("tokenize --tokenizer " + dir.file("nope.tok") + " --input " + dir.file("corpus.txt") +
                " --output-dir " + dir.file("x"));

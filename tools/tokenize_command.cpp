@@ -74,6 +74,10 @@ struct TrainArgs {
   bool end_of_text = false;
 };
 
+struct Gpt2Args {
+  std::string encoder_json, vocab_bpe, output;
+};
+
 struct CodeArgs {
   std::string tokenizer, input, text;
   std::vector<int32_t> ids;
@@ -108,6 +112,18 @@ void add_tokenizer_commands(CLI::App& app) {
     if (tok.vocab_size() < train->vocab_size)
       std::printf("note: the text ran out of pairs to merge before --vocab-size %lld\n",
                   static_cast<long long>(train->vocab_size));
+  });
+
+  auto gpt2 = std::make_shared<Gpt2Args>();
+  auto* g = tokenizer->add_subcommand("import-gpt2", "convert OpenAI's GPT-2 encoder.json + vocab.bpe to a kiln tokenizer");
+  g->add_option("--encoder-json", gpt2->encoder_json, "GPT-2's encoder.json")->required();
+  g->add_option("--vocab-bpe", gpt2->vocab_bpe, "GPT-2's vocab.bpe")->required();
+  g->add_option("--output", gpt2->output, "tokenizer file to write")->required();
+  g->callback([gpt2] {
+    const BpeTokenizer tok = BpeTokenizer::load_gpt2(gpt2->encoder_json, gpt2->vocab_bpe);
+    tok.save(gpt2->output);
+    std::printf("%s: %lld tokens (%zu merges) with GPT-2's ids\n", gpt2->output.c_str(),
+                static_cast<long long>(tok.vocab_size()), tok.merges().size());
   });
 
   auto enc = std::make_shared<CodeArgs>();
