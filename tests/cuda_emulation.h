@@ -6,6 +6,7 @@
 // kernel header, and never in a translation unit that includes the CUDA headers.
 #pragma once
 
+#include <algorithm>
 #include <barrier>
 #include <cmath>
 #include <cstddef>
@@ -18,6 +19,15 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __restrict__
+
+namespace kiln::testing::cuda_emulation {
+
+}  // namespace kiln::testing::cuda_emulation
+
+// CUDA's 16-byte vector type (the kernels read shared memory through it).
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
 
 namespace kiln::testing::cuda_emulation {
 
@@ -38,14 +48,15 @@ void launch(Dim3 grid, unsigned threads, std::size_t shared_bytes, const Kernel&
   block_dim = {threads, 1, 1};
   for (unsigned by = 0; by < grid.y; ++by) {
     for (unsigned bx = 0; bx < grid.x; ++bx) {
-      std::vector<float> smem(shared_bytes / sizeof(float) + 1, std::numeric_limits<float>::quiet_NaN());
+      std::vector<float4> smem(shared_bytes / sizeof(float4) + 1);  // 16-byte aligned, like CUDA's
+      std::fill_n(reinterpret_cast<float*>(smem.data()), smem.size() * 4, std::numeric_limits<float>::quiet_NaN());
       std::barrier<> barrier(threads);
       std::vector<std::thread> block;
       for (unsigned t = 0; t < threads; ++t) {
         block.emplace_back([&, t] {
           thread_idx = {t, 0, 0};
           block_idx = {bx, by, 0};
-          shared_memory = smem.data();
+          shared_memory = reinterpret_cast<float*>(smem.data());
           block_barrier = &barrier;
           kernel();
         });

@@ -29,7 +29,6 @@ namespace kiln {
 namespace {
 
 namespace emu = testing::cuda_emulation;
-using flash_kernels::kKeys;
 using flash_kernels::kRows;
 
 unsigned blocks(int n, int per) { return static_cast<unsigned>((n + per - 1) / per); }
@@ -77,17 +76,17 @@ void check(const Case& c, uint64_t seed, double tol) {
   const emu::Dim3 q_grid{blocks(c.Tq, kRows), static_cast<unsigned>(c.BH)};
   const emu::Dim3 k_grid{blocks(c.Tk, kRows), static_cast<unsigned>(c.BH)};
 
-  emu::launch(q_grid, kRows, sizeof(float) * (kRows * (D + 1) + 2 * kKeys * D), [&] {
+  emu::launch(q_grid, kRows, flash_kernels::forward_smem_bytes<D>(), [&] {
     flash_kernels::flash_forward_kernel<T, D>(out.data(), lse.data(), qp, kp, vp, c.Tq, c.Tk, c.causal, scale);
   });
   emu::launch({2, 1}, 32, 0, [&] {
     flash_kernels::flash_delta_kernel<T>(delta.data(), gp, out.data(), static_cast<int64_t>(nq), D);
   });
   const flash_kernels::BackwardPtrs a{lse.data(), delta.data(), c.Tq, c.Tk, c.causal, scale};
-  emu::launch(k_grid, kRows, sizeof(float) * (2 * kRows * (D + 1) + 2 * kKeys * D + 2 * kKeys), [&] {
+  emu::launch(k_grid, kRows, flash_kernels::dkdv_smem_bytes<D>(), [&] {
     flash_kernels::flash_backward_dkdv_kernel<T, D>(dk.data(), dv.data(), qp, kp, vp, gp, a);
   });
-  emu::launch(q_grid, kRows, sizeof(float) * (2 * kRows * (D + 1) + 2 * kKeys * D), [&] {
+  emu::launch(q_grid, kRows, flash_kernels::dq_smem_bytes<D>(), [&] {
     flash_kernels::flash_backward_dq_kernel<T, D>(dq.data(), qp, kp, vp, gp, a);
   });
 

@@ -16,7 +16,6 @@ namespace kiln {
 namespace {
 
 using flash_kernels::BackwardPtrs;
-using flash_kernels::kKeys;
 using flash_kernels::kRows;
 
 int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
@@ -70,7 +69,7 @@ void flash_forward(Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k, c
     using T = decltype(tag);
     with_head_dim(q.size(2), [&](auto dim) {
       constexpr int D = decltype(dim)::value;
-      const size_t smem = sizeof(float) * (kRows * (D + 1) + 2 * kKeys * D);
+      const size_t smem = flash_kernels::forward_smem_bytes<D>();
       auto kernel = flash_kernels::flash_forward_kernel<T, D>;
       allow_smem(kernel, smem);
       const dim3 grid(ceil_div(Tq, kRows), static_cast<unsigned>(BH));
@@ -106,13 +105,13 @@ void flash_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout, cons
                          static_cast<int>(Tq), static_cast<int>(Tk), causal, static_cast<float>(scale)};
     with_head_dim(D_, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
-      const size_t smem_kv = sizeof(float) * (2 * kRows * (D + 1) + 2 * kKeys * D + 2 * kKeys);
+      const size_t smem_kv = flash_kernels::dkdv_smem_bytes<D>();
       auto dkdv = flash_kernels::flash_backward_dkdv_kernel<T, D>;
       allow_smem(dkdv, smem_kv);
       dkdv<<<dim3(ceil_div(Tk, kRows), static_cast<unsigned>(BH)), kRows, smem_kv, stream>>>(
           static_cast<T*>(dk.data_ptr()), static_cast<T*>(dv.data_ptr()), qp, kp, vp, dop, a);
       KILN_CUDA_CHECK_LAUNCH();
-      const size_t smem_q = sizeof(float) * (2 * kRows * (D + 1) + 2 * kKeys * D);
+      const size_t smem_q = flash_kernels::dq_smem_bytes<D>();
       auto dqk = flash_kernels::flash_backward_dq_kernel<T, D>;
       allow_smem(dqk, smem_q);
       dqk<<<dim3(ceil_div(Tq, kRows), static_cast<unsigned>(BH)), kRows, smem_q, stream>>>(

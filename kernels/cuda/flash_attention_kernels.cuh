@@ -15,13 +15,16 @@
 //                    walking key tiles.
 //             Every output row has one writer: no atomics, so gradients are deterministic.
 //
-// A thread's own row (q in the forward, k and v in dK/dV, q and dO in dQ) sits in shared
-// memory with rows padded to D + 1 floats, so the 32 lanes of a warp, reading the same column
-// of 32 different rows, hit 32 different banks; the tile everyone reads is a broadcast.
-// Correctness and clarity first: scalar f32 FMAs, no tensor cores.
+// The forward and dQ read shared memory 16 bytes (a float4) at a time (dK/dV a float at a
+// time, see there). A thread's own row (q in the forward, q and dO in dQ) is padded to D + 4
+// floats, so the 8 lanes served together by a 16-byte load, reading the same columns of 8
+// consecutive rows, hit 32 different banks; the tile rows every thread reads at once are
+// broadcasts.
+// Correctness and clarity first: f32 FMAs, no tensor cores.
 #pragma once
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 
 #include "core/half.h"
@@ -35,7 +38,46 @@ namespace kiln::flash_kernels {
 constexpr int kRows = 64;  // threads per block: query (or key) rows a block owns
 constexpr int kKeys = 32;  // rows per streamed tile
 
+constexpr int kPad = 4;    // floats after each own row in shared memory (see above)
+constexpr int kScalarPad = 1;  // the same for own rows read a float at a time (dK/dV)
+
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
+
+// A compiler barrier at the top of the dQ loop: without it the compiler keeps the thread's own
+// shared-memory rows (loop-invariant) in registers, which next to the accumulator row exceeds
+// 255 registers and spills; re-reading them is cheaper.
+__device__ __forceinline__ void reload_shared_rows() { asm volatile("" ::: "memory"); }
+
+// a . b over D floats; both 16-byte aligned.
+template <int D>
+__device__ __forceinline__ float dot(const float* a, const float* b) {
+  const float4* a4 = reinterpret_cast<const float4*>(a);
+  const float4* b4 = reinterpret_cast<const float4*>(b);
+  float s = 0.f;
+#pragma unroll
+  for (int d = 0; d < D / 4; ++d) {
+    const float4 x = a4[d], y = b4[d];
+    s = fmaf(x.x, y.x, s);
+    s = fmaf(x.y, y.y, s);
+    s = fmaf(x.z, y.z, s);
+    s = fmaf(x.w, y.w, s);
+  }
+  return s;
+}
+
+// acc += p * row over D floats (acc in registers, row 16-byte aligned).
+template <int D>
+__device__ __forceinline__ void axpy(float* acc, float p, const float* row) {
+  const float4* r4 = reinterpret_cast<const float4*>(row);
+#pragma unroll
+  for (int d = 0; d < D / 4; ++d) {
+    const float4 x = r4[d];
+    acc[4 * d] = fmaf(p, x.x, acc[4 * d]);
+    acc[4 * d + 1] = fmaf(p, x.y, acc[4 * d + 1]);
+    acc[4 * d + 2] = fmaf(p, x.z, acc[4 * d + 2]);
+    acc[4 * d + 3] = fmaf(p, x.w, acc[4 * d + 3]);
+  }
+}
 
 // rows [row0, row0 + n) of a [T, D] matrix into dst (row stride ld), as f32 times `mul`; rows
 // past T are zero.
@@ -47,6 +89,20 @@ __device__ void load_rows(float* dst, int ld, const T* src, int row0, int n, int
   }
 }
 
+// Dynamic shared memory of each kernel, in bytes (the layouts are at the top of each kernel).
+template <int D>
+constexpr size_t forward_smem_bytes() {
+  return sizeof(float) * (kRows * (D + kPad) + 2 * kKeys * D);
+}
+template <int D>
+constexpr size_t dkdv_smem_bytes() {
+  return sizeof(float) * (2 * kRows * (D + kScalarPad) + 2 * kKeys * D + 2 * kKeys);
+}
+template <int D>
+constexpr size_t dq_smem_bytes() {
+  return sizeof(float) * (2 * kRows * (D + kPad) + 2 * kKeys * D);
+}
+
 // ------------------------------------------------------------------ forward
 template <class T, int D>
 __global__ void __launch_bounds__(kRows)
@@ -54,16 +110,16 @@ __global__ void __launch_bounds__(kRows)
                          const T* __restrict__ k, const T* __restrict__ v, int Tq, int Tk, bool causal,
                          float scale) {
   KILN_DYNAMIC_SHARED(float, smem);
-  float* q_s = smem;                   // [kRows][D + 1], pre-scaled
-  float* k_s = q_s + kRows * (D + 1);  // [kKeys][D]
+  float* q_s = smem;                      // [kRows][D + kPad], pre-scaled
+  float* k_s = q_s + kRows * (D + kPad);  // [kKeys][D]
   float* v_s = k_s + kKeys * D;        // [kKeys][D]
   const int64_t h = blockIdx.y;
   const int i0 = blockIdx.x * kRows, r = threadIdx.x, i = i0 + r;
   q += h * Tq * D;
   k += h * Tk * D;
   v += h * Tk * D;
-  load_rows<T, D>(q_s, D + 1, q, i0, kRows, Tq, scale);
-  const float* qr = q_s + r * (D + 1);
+  load_rows<T, D>(q_s, D + kPad, q, i0, kRows, Tq, scale);
+  const float* qr = q_s + r * (D + kPad);
 
   float acc[D];
 #pragma unroll
@@ -83,10 +139,7 @@ __global__ void __launch_bounds__(kRows)
     float tile_max = -INFINITY;
 #pragma unroll
     for (int c = 0; c < kKeys; ++c) {
-      float dot = 0.f;
-#pragma unroll 16
-      for (int d = 0; d < D; ++d) dot = fmaf(qr[d], k_s[c * D + d], dot);
-      s[c] = c < visible ? dot : -INFINITY;
+      s[c] = c < visible ? dot<D>(qr, k_s + c * D) : -INFINITY;
       tile_max = fmaxf(tile_max, s[c]);
     }
     const float m_new = fmaxf(m, tile_max);
@@ -98,8 +151,7 @@ __global__ void __launch_bounds__(kRows)
     for (int c = 0; c < kKeys; ++c) {
       const float p = expf(s[c] - m_new);  // 0 for masked keys (s = -inf)
       l += p;
-#pragma unroll
-      for (int d = 0; d < D; ++d) acc[d] = fmaf(p, v_s[c * D + d], acc[d]);
+      axpy<D>(acc, p, v_s + c * D);
     }
     m = m_new;
   }
@@ -134,7 +186,9 @@ struct BackwardPtrs {
   float scale;
 };
 
-// dK and dV for kRows keys: thread t owns key j = j0 + t.
+// dK and dV for kRows keys: thread t owns key j = j0 + t. Scalar shared-memory reads with own
+// rows padded to D + 1 (lane r reads word r * (D + 1) + d: 32 banks): with 16-byte reads the
+// compiler keeps both loaded tile rows live next to the two accumulator rows and spills.
 template <class T, int D>
 __global__ void __launch_bounds__(kRows)
     flash_backward_dkdv_kernel(T* __restrict__ dk, T* __restrict__ dv, const T* __restrict__ q,
@@ -142,8 +196,8 @@ __global__ void __launch_bounds__(kRows)
                                const T* __restrict__ dout, BackwardPtrs a) {
   KILN_DYNAMIC_SHARED(float, smem);
   float* k_s = smem;                    // [kRows][D + 1], own rows
-  float* v_s = k_s + kRows * (D + 1);   // [kRows][D + 1], own rows
-  float* q_s = v_s + kRows * (D + 1);   // [kKeys][D], the query tile
+  float* v_s = k_s + kRows * (D + kScalarPad);   // [kRows][D + 1], own rows
+  float* q_s = v_s + kRows * (D + kScalarPad);   // [kKeys][D], the query tile
   float* do_s = q_s + kKeys * D;        // [kKeys][D]
   float* lse_s = do_s + kKeys * D;      // [kKeys]
   float* delta_s = lse_s + kKeys;       // [kKeys]
@@ -151,10 +205,10 @@ __global__ void __launch_bounds__(kRows)
   const int j0 = blockIdx.x * kRows, t = threadIdx.x, j = j0 + t;
   q += h * a.Tq * D;
   dout += h * a.Tq * D;
-  load_rows<T, D>(k_s, D + 1, k + h * a.Tk * D, j0, kRows, a.Tk);
-  load_rows<T, D>(v_s, D + 1, v + h * a.Tk * D, j0, kRows, a.Tk);
-  const float* kj = k_s + t * (D + 1);
-  const float* vj = v_s + t * (D + 1);
+  load_rows<T, D>(k_s, D + kScalarPad, k + h * a.Tk * D, j0, kRows, a.Tk);
+  load_rows<T, D>(v_s, D + kScalarPad, v + h * a.Tk * D, j0, kRows, a.Tk);
+  const float* kj = k_s + t * (D + kScalarPad);
+  const float* vj = v_s + t * (D + kScalarPad);
 
   float dk_acc[D], dv_acc[D];
 #pragma unroll
@@ -209,18 +263,18 @@ __global__ void __launch_bounds__(kRows)
     flash_backward_dq_kernel(T* __restrict__ dq, const T* __restrict__ q, const T* __restrict__ k,
                              const T* __restrict__ v, const T* __restrict__ dout, BackwardPtrs a) {
   KILN_DYNAMIC_SHARED(float, smem);
-  float* q_s = smem;                    // [kRows][D + 1], own rows
-  float* do_s = q_s + kRows * (D + 1);  // [kRows][D + 1], own rows
-  float* k_s = do_s + kRows * (D + 1);  // [kKeys][D], the key tile
+  float* q_s = smem;                       // [kRows][D + kPad], own rows
+  float* do_s = q_s + kRows * (D + kPad);  // [kRows][D + kPad], own rows
+  float* k_s = do_s + kRows * (D + kPad);  // [kKeys][D], the key tile
   float* v_s = k_s + kKeys * D;         // [kKeys][D]
   const int64_t h = blockIdx.y;
   const int i0 = blockIdx.x * kRows, t = threadIdx.x, i = i0 + t;
   k += h * a.Tk * D;
   v += h * a.Tk * D;
-  load_rows<T, D>(q_s, D + 1, q + h * a.Tq * D, i0, kRows, a.Tq);
-  load_rows<T, D>(do_s, D + 1, dout + h * a.Tq * D, i0, kRows, a.Tq);
-  const float* qi = q_s + t * (D + 1);
-  const float* doi = do_s + t * (D + 1);
+  load_rows<T, D>(q_s, D + kPad, q + h * a.Tq * D, i0, kRows, a.Tq);
+  load_rows<T, D>(do_s, D + kPad, dout + h * a.Tq * D, i0, kRows, a.Tq);
+  const float* qi = q_s + t * (D + kPad);
+  const float* doi = do_s + t * (D + kPad);
   const float li = i < a.Tq ? a.lse[h * a.Tq + i] : 0.f;
   const float di = i < a.Tq ? a.delta[h * a.Tq + i] : 0.f;
   const int row_end = i >= a.Tq ? 0 : a.causal ? i + 1 : a.Tk;
@@ -236,18 +290,11 @@ __global__ void __launch_bounds__(kRows)
     __syncthreads();
     const int visible = imin(kKeys, row_end - j0);
     for (int c = 0; c < visible; ++c) {
+      reload_shared_rows();
       const float* kc = k_s + c * D;
-      const float* vc = v_s + c * D;
-      float s = 0.f, dp = 0.f;
-#pragma unroll 16
-      for (int d = 0; d < D; ++d) {
-        s = fmaf(qi[d], kc[d], s);
-        dp = fmaf(doi[d], vc[d], dp);
-      }
-      const float p = expf(s * a.scale - li);
-      const float ds = p * (dp - di) * a.scale;
-#pragma unroll
-      for (int d = 0; d < D; ++d) dq_acc[d] = fmaf(ds, kc[d], dq_acc[d]);
+      const float p = expf(dot<D>(qi, kc) * a.scale - li);
+      const float ds = p * (dot<D>(doi, v_s + c * D) - di) * a.scale;
+      axpy<D>(dq_acc, ds, kc);
     }
   }
   if (i < a.Tq) {
