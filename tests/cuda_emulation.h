@@ -1,8 +1,10 @@
 // Runs simple CUDA kernels on the CPU, for the tests of kernel logic on machines without a GPU:
 // each block's threads are std::threads sharing one dynamic shared-memory buffer, and
-// __syncthreads is a std::barrier across them. Enough for kernels that use threadIdx, blockIdx,
-// blockDim, gridDim, dynamic shared memory (KILN_DYNAMIC_SHARED) and __syncthreads, and the
-// libm float functions; not for warp shuffles, atomics or tensor cores. Include before the
+// __syncthreads is a std::barrier across them; __shfl_xor_sync exchanges values through a
+// per-warp buffer between two barriers of the warp's 32 threads. Enough for kernels that use
+// threadIdx, blockIdx, blockDim, gridDim, dynamic shared memory (KILN_DYNAMIC_SHARED),
+// __syncthreads, full-warp xor shuffles and the libm float functions; not for atomics, other
+// shuffles or tensor cores. Include before the
 // kernel header, and never in a translation unit that includes the CUDA headers.
 #pragma once
 
@@ -40,6 +42,12 @@ inline Dim3 block_dim, grid_dim;
 inline thread_local float* shared_memory = nullptr;
 inline thread_local std::barrier<>* block_barrier = nullptr;
 
+struct Warp {
+  std::barrier<> barrier{32};
+  double lanes[32] = {};
+};
+inline thread_local Warp* warp = nullptr;
+
 // Runs kernel() for every thread of a grid of grid.x * grid.y blocks of `threads` threads, one
 // block at a time. Shared memory starts as NaN, so a read before any write shows up.
 template <class Kernel>
@@ -51,6 +59,7 @@ void launch(Dim3 grid, unsigned threads, std::size_t shared_bytes, const Kernel&
       std::vector<float4> smem(shared_bytes / sizeof(float4) + 1);  // 16-byte aligned, like CUDA's
       std::fill_n(reinterpret_cast<float*>(smem.data()), smem.size() * 4, std::numeric_limits<float>::quiet_NaN());
       std::barrier<> barrier(threads);
+      std::vector<Warp> warps((threads + 31) / 32);
       std::vector<std::thread> block;
       for (unsigned t = 0; t < threads; ++t) {
         block.emplace_back([&, t] {
@@ -58,6 +67,7 @@ void launch(Dim3 grid, unsigned threads, std::size_t shared_bytes, const Kernel&
           block_idx = {bx, by, 0};
           shared_memory = reinterpret_cast<float*>(smem.data());
           block_barrier = &barrier;
+          warp = &warps[t / 32];
           kernel();
         });
       }
@@ -74,3 +84,15 @@ void launch(Dim3 grid, unsigned threads, std::size_t shared_bytes, const Kernel&
 #define gridDim ::kiln::testing::cuda_emulation::grid_dim
 #define KILN_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(::kiln::testing::cuda_emulation::shared_memory)
 inline void __syncthreads() { ::kiln::testing::cuda_emulation::block_barrier->arrive_and_wait(); }
+
+// Every lane of the warp must call it, as on the GPU with a full mask.
+template <class V>
+V __shfl_xor_sync(unsigned /*mask*/, V v, int lane_mask) {
+  auto* w = ::kiln::testing::cuda_emulation::warp;
+  const unsigned lane = threadIdx.x % 32;
+  w->lanes[lane] = static_cast<double>(v);
+  w->barrier.arrive_and_wait();
+  const V other = static_cast<V>(w->lanes[lane ^ static_cast<unsigned>(lane_mask)]);
+  w->barrier.arrive_and_wait();
+  return other;
+}

@@ -1,16 +1,21 @@
-// The CUDA flash attention kernels (kernels/cuda/flash_attention_kernels.cuh) run on the CPU
-// under a host emulation of blocks, threads, shared memory and __syncthreads
-// (tests/cuda_emulation.h), against the naive backend in f64: checks their tiling, causal
-// masking, indexing, tails (lengths not a multiple of the 64-row blocks or 32-key tiles) and
-// barriers on any machine. Outputs and shared memory start as NaN, so an element never written
-// or a value read before it is written fails. What the emulation cannot check: warp scheduling,
-// shared-memory limits, launch configuration, and the device's float functions (expf, logf).
+// The CUDA attention kernels run on the CPU under a host emulation of blocks, threads, shared
+// memory, __syncthreads and warp shuffles (tests/cuda_emulation.h):
+//   flash (kernels/cuda/flash_attention_kernels.cuh): forward, delta, dK/dV and dQ as
+//     flash_attention.cu launches them, against the naive backend in f64: their tiling, causal
+//     masking, indexing, tails (lengths not a multiple of the 64-row blocks or 32-key tiles) and
+//     barriers;
+//   the batched backend's fused softmax (kernels/cuda/attention_softmax_kernels.cuh), forward
+//     and backward, against the formulas in double, with fewer warps than rows.
+// Outputs and shared memory start as NaN, so an element never written or a value read before it
+// is written fails. What the emulation cannot check: warp scheduling, shared-memory limits,
+// launch configuration, and the device's float functions (expf, logf).
 // tests/test_attention_cuda.cpp checks the real thing on a GPU.
 //
 // Tolerances, max|kernel - reference| over max(max|reference|, 1): f32 1e-5 (the kernels sum in
-// f32 over up to 150 keys), bf16 1e-2 (the inputs are bf16 and so are the results: 4e-3
-// relative rounding, plus f32 sums).
+// f32 over up to 150 keys), f64 1e-12, bf16 1e-2 (the inputs are bf16 and so are the results:
+// 4e-3 relative rounding, plus f32 sums).
 #include "tests/cuda_emulation.h"
+#include "kernels/cuda/attention_softmax_kernels.cuh"
 #include "kernels/cuda/flash_attention_kernels.cuh"
 
 #include <gtest/gtest.h>
@@ -100,6 +105,70 @@ void check(const Case& c, uint64_t seed, double tol) {
   // lse is the log-sum-exp of each row's scaled scores: exp(s - lse) sums to 1 (checked via
   // the output above); here just that every row got a finite one.
   for (size_t i = 0; i < lse.size(); ++i) ASSERT_TRUE(std::isfinite(lse[i])) << what << " lse " << i;
+}
+
+// The batched backend's softmax of [BH, Tq, Tk] scores, scale 1/8, then its backward from the
+// probabilities it wrote.
+template <class T>
+void check_softmax(int BH, int Tq, int Tk, bool causal, unsigned blocks_in_grid, uint64_t seed, double tol) {
+  using A = opmath_t<T>;
+  using attention_kernels::kWarp;
+  using attention_kernels::kWarpsPerBlock;
+  const DType dtype = dtype_of<T>::value;
+  const double scale = 0.125;
+  Generator gen(seed);
+  const Tensor scores = mul(randn({BH, Tq, Tk}, {}, &gen), 20.0).to(dtype);
+  const Tensor grad = randn({BH, Tq, Tk}, {}, &gen).to(dtype);
+  const int64_t rows = static_cast<int64_t>(BH) * Tq;
+  const size_t n = static_cast<size_t>(rows) * Tk;
+  std::vector<T> probs = nan_buffer<T>(n), grad_scores = nan_buffer<T>(n);
+  const unsigned threads = kWarpsPerBlock * kWarp;
+  emu::launch({blocks_in_grid, 1}, threads, 0, [&] {
+    attention_kernels::attention_softmax_kernel<T>(probs.data(), scores.data<T>(), rows, Tq, Tk, causal,
+                                                   static_cast<A>(scale));
+  });
+  emu::launch({blocks_in_grid, 1}, threads, 0, [&] {
+    attention_kernels::attention_softmax_backward_kernel<T>(grad_scores.data(), grad.data<T>(), probs.data(),
+                                                            rows, Tk, static_cast<A>(scale));
+  });
+  const std::vector<double> x = scores.to_vector<double>(), g = grad.to_vector<double>();
+  const std::string what = std::string(dtype_name(dtype)) + " BH" + std::to_string(BH) + " Tq" +
+                           std::to_string(Tq) + " Tk" + std::to_string(Tk) + (causal ? " causal" : "");
+  double p_err = 0, g_err = 0, g_scale = 1;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int visible = causal ? static_cast<int>(r % Tq) + 1 : Tk;
+    const double* xr = x.data() + r * Tk;
+    double m = -std::numeric_limits<double>::infinity(), z = 0, dot = 0;
+    for (int c = 0; c < visible; ++c) m = std::max(m, xr[c] * scale);
+    for (int c = 0; c < visible; ++c) z += std::exp(xr[c] * scale - m);
+    for (int c = 0; c < Tk; ++c) {
+      const double p = static_cast<double>(probs[r * Tk + c]);
+      if (c >= visible) {
+        ASSERT_EQ(p, 0.0) << what << " masked row " << r << " col " << c;
+        continue;
+      }
+      const double d = std::abs(p - std::exp(xr[c] * scale - m) / z);
+      p_err = std::isnan(d) ? INFINITY : std::max(p_err, d);
+      dot += g[r * Tk + c] * p;
+    }
+    for (int c = 0; c < Tk; ++c) {  // from the probabilities as stored, like autograd
+      const double p = static_cast<double>(probs[r * Tk + c]);
+      const double want = scale * p * (g[r * Tk + c] - dot);
+      g_scale = std::max(g_scale, std::abs(want));
+      const double d = std::abs(static_cast<double>(grad_scores[r * Tk + c]) - want);
+      g_err = std::isnan(d) ? INFINITY : std::max(g_err, d);
+    }
+  }
+  EXPECT_LE(p_err, tol) << what << " probs";
+  EXPECT_LE(g_err / g_scale, tol) << what << " grad_scores";
+}
+
+TEST(AttentionSoftmaxEmulated, ForwardAndBackward) {
+  check_softmax<float>(3, 70, 70, true, 2, 11, 1e-6);  // 210 rows over 8 warps
+  check_softmax<float>(2, 5, 100, false, 1, 12, 1e-6);
+  check_softmax<float>(1, 3, 1, false, 1, 13, 1e-6);
+  check_softmax<double>(2, 33, 33, true, 3, 14, 1e-12);
+  check_softmax<BFloat16>(2, 4, 40, false, 1, 15, 1e-2);
 }
 
 TEST(FlashAttentionEmulated, F32) {
