@@ -20,12 +20,17 @@
 #include "core/cuda_context.h"
 #include "core/dispatch/softmax.h"
 #include "kernels/cuda/block_reduce.cuh"
+#include "kernels/cuda/vector_access.cuh"
 #include "kernels/softmax_common.h"
 
 namespace kiln {
 namespace {
 
 using cuda::kWarp;
+using cuda::load_vec;
+using cuda::store_vec;
+using cuda::vec_width;
+using cuda::with_vec_width;
 constexpr int kWarpRowMax = 1024;        // classes up to this get one warp per row
 constexpr int kWarpsPerBlock = 4;
 constexpr int64_t kMaxBlocks = 1 << 20;  // grid-stride loops cover the rest
@@ -94,38 +99,6 @@ struct MergeStats {
 template <class A>
 __device__ __forceinline__ RowStats<A> shfl_xor(RowStats<A> v, int mask) {
   return {cuda::shfl_xor(v.max, mask), cuda::shfl_xor(v.sum_exp, mask), cuda::shfl_xor(v.sum, mask)};
-}
-
-// ------------------------------------------------------------------ vector access
-template <class T, int N>
-struct alignas(sizeof(T) * N) Vec {
-  T v[N];
-};
-
-// Elements [i * kVec, (i + 1) * kVec) of p, converted to A; one 16-byte access when kVec > 1.
-template <int kVec, class T, class A>
-__device__ __forceinline__ void load_vec(const T* p, int64_t i, A (&out)[kVec]) {
-  const Vec<T, kVec> chunk = reinterpret_cast<const Vec<T, kVec>*>(p)[i];
-#pragma unroll
-  for (int k = 0; k < kVec; ++k) out[k] = static_cast<A>(chunk.v[k]);
-}
-
-template <int kVec, class T, class A>
-__device__ __forceinline__ void store_vec(T* p, int64_t i, const A (&in)[kVec]) {
-  Vec<T, kVec> chunk;
-#pragma unroll
-  for (int k = 0; k < kVec; ++k) chunk.v[k] = static_cast<T>(in[k]);
-  reinterpret_cast<Vec<T, kVec>*>(p)[i] = chunk;
-}
-
-// 16 / sizeof(T) when every row of `classes` elements at each pointer starts 16-byte aligned.
-template <class T>
-int vec_width(int64_t classes, std::initializer_list<const void*> ptrs) {
-  constexpr int kVec = static_cast<int>(16 / sizeof(T));
-  if (classes % kVec != 0) return 1;
-  for (const void* p : ptrs)
-    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return 1;
-  return kVec;
 }
 
 // ------------------------------------------------------------------ softmax forward
@@ -380,14 +353,6 @@ void with_per_lane(int64_t classes, F&& f) {
   else f(std::integral_constant<int, 32>{});
 }
 
-// Calls f(std::integral_constant<int, kVec>) for the vector width chosen at run time.
-template <class T, class F>
-void with_vec(int vec, F&& f) {
-  constexpr int kVec = static_cast<int>(16 / sizeof(T));
-  if (vec == kVec) f(std::integral_constant<int, kVec>{});
-  else f(std::integral_constant<int, 1>{});
-}
-
 template <class T, bool kLog>
 void launch_softmax(T* y, const T* x, int64_t outer, int64_t classes, int64_t inner) {
   cudaStream_t stream = cuda::current_stream();
@@ -398,7 +363,7 @@ void launch_softmax(T* y, const T* x, int64_t outer, int64_t classes, int64_t in
           <<<blocks, kWarpsPerBlock * kWarp, 0, stream>>>(y, x, outer, static_cast<int>(classes));
     });
   } else if (inner == 1) {
-    with_vec<T>(vec_width<T>(classes, {x, y}), [&](auto vec) {
+    with_vec_width<T>(vec_width<T>(classes, {x, y}), [&](auto vec) {
       softmax_block_kernel<T, decltype(vec)::value, kLog>
           <<<std::min(outer, kMaxBlocks), row_threads(classes), 0, stream>>>(y, x, outer, classes);
     });
@@ -420,7 +385,7 @@ void launch_softmax_backward(T* gi, const T* go, const T* y, int64_t outer, int6
           <<<blocks, kWarpsPerBlock * kWarp, 0, stream>>>(gi, go, y, outer, static_cast<int>(classes));
     });
   } else if (inner == 1) {
-    with_vec<T>(vec_width<T>(classes, {gi, go, y}), [&](auto vec) {
+    with_vec_width<T>(vec_width<T>(classes, {gi, go, y}), [&](auto vec) {
       softmax_backward_block_kernel<T, decltype(vec)::value, kLog>
           <<<std::min(outer, kMaxBlocks), row_threads(classes), 0, stream>>>(gi, go, y, outer, classes);
     });
@@ -473,7 +438,7 @@ void cross_entropy_cuda(Tensor& losses, const Tensor& logits, const Tensor& targ
     auto* l = static_cast<A*>(losses.data_ptr());
     KILN_DISPATCH_INDEX(targets.dtype(), "cross_entropy", [&] {
       const auto* t = static_cast<const scalar_t*>(targets.data_ptr());
-      with_vec<T>(vec_width<T>(classes, {x}), [&](auto vec) {
+      with_vec_width<T>(vec_width<T>(classes, {x}), [&](auto vec) {
         cross_entropy_kernel<T, scalar_t, decltype(vec)::value>
             <<<std::min(rows, kMaxBlocks), row_threads(classes), 0, stream>>>(
                 l, x, t, rows, classes, ignore_index, static_cast<A>(label_smoothing));
@@ -499,7 +464,7 @@ void cross_entropy_backward_cuda(Tensor& dlogits, const Tensor& logits, const Te
     const auto* g = static_cast<const A*>(grad_losses.data_ptr());
     KILN_DISPATCH_INDEX(targets.dtype(), "cross_entropy backward", [&] {
       const auto* t = static_cast<const scalar_t*>(targets.data_ptr());
-      with_vec<T>(vec_width<T>(classes, {x, d}), [&](auto vec) {
+      with_vec_width<T>(vec_width<T>(classes, {x, d}), [&](auto vec) {
         cross_entropy_backward_kernel<T, scalar_t, decltype(vec)::value>
             <<<std::min(rows, kMaxBlocks), row_threads(classes), 0, stream>>>(
                 d, x, t, g, grad_losses.stride(0), rows, classes, ignore_index,

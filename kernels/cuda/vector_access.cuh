@@ -1,5 +1,5 @@
 // 16-byte vector loads and stores for the row kernels of the transformer ops
-// (kernels/cuda/{layernorm,embedding,classifier}.cu): kVec elements of T per access,
+// (kernels/cuda/{layernorm,embedding,classifier,softmax}.cu): kVec elements of T per access,
 // converted to and from the arithmetic type A.
 #pragma once
 
