@@ -40,6 +40,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "dist/collective_checks.h"
 #include "dist/store.h"
 
 namespace kiln::dist {
@@ -275,8 +276,7 @@ class GlooCommunicator : public Communicator {
 
   std::shared_ptr<Work> all_reduce_async(Tensor& t, ReduceOp op) override {
     check_cpu_contiguous("all_reduce", t);
-    KILN_CHECK(op != ReduceOp::avg || is_floating(t.dtype()), "all_reduce avg needs a floating dtype, got ",
-               t.meta_str(), "; use sum and divide");
+    check_reduce_op("all_reduce", t, op);
     ReduceFn fn = reduce_fn(t.dtype(), op);
     const std::string what = "all_reduce(" + std::string(op_name(op)) + ", " + t.meta_str() + ")";
     t.bump_version();  // here, not on the worker: the version counter is not atomic
@@ -287,8 +287,7 @@ class GlooCommunicator : public Communicator {
 
   void broadcast(Tensor& t, int root) override {
     check_cpu_contiguous("broadcast", t);
-    KILN_CHECK(root >= 0 && root < world_size_, "broadcast: root ", root, " is outside 0..",
-               world_size_ - 1, " (", who(), ")");
+    check_root(root, world_size_, who());
     t.bump_version();
     run_sync("broadcast(root " + std::to_string(root) + ", " + t.meta_str() + ")", [&] {
       if (t.numel() == 0) return;
@@ -304,9 +303,7 @@ class GlooCommunicator : public Communicator {
   void all_gather(Tensor& out, const Tensor& in) override {
     check_cpu_contiguous("all_gather", out);
     check_cpu_contiguous("all_gather", in);
-    KILN_CHECK(in.dtype() == out.dtype() && out.numel() == in.numel() * world_size_,
-               "all_gather: out must hold world_size (", world_size_, ") x in.numel() elements of in's "
-               "dtype; got in ", in.meta_str(), ", out ", out.meta_str());
+    check_all_gather(out, in, world_size_);
     out.bump_version();
     run_sync("all_gather(" + in.meta_str() + ")", [&] {
       const size_t bytes = static_cast<size_t>(in.numel()) * in.element_size();
@@ -323,11 +320,7 @@ class GlooCommunicator : public Communicator {
   void reduce_scatter(Tensor& out, const Tensor& in, ReduceOp op) override {
     check_cpu_contiguous("reduce_scatter", out);
     check_cpu_contiguous("reduce_scatter", in);
-    KILN_CHECK(in.dtype() == out.dtype() && in.numel() == out.numel() * world_size_,
-               "reduce_scatter: in must hold world_size (", world_size_, ") x out.numel() elements of "
-               "out's dtype; got in ", in.meta_str(), ", out ", out.meta_str());
-    KILN_CHECK(op != ReduceOp::avg || is_floating(in.dtype()), "reduce_scatter avg needs a floating dtype, got ",
-               in.meta_str());
+    check_reduce_scatter(out, in, op, world_size_);
     ReduceFn fn = reduce_fn(in.dtype(), op);
     out.bump_version();
     run_sync("reduce_scatter(" + std::string(op_name(op)) + ", " + in.meta_str() + ")", [&] {

@@ -29,6 +29,7 @@
 #include "core/cuda_check.h"
 #include "core/cuda_context.h"
 #include "core/error.h"
+#include "dist/collective_checks.h"
 #include "dist/store.h"
 
 namespace kiln::dist {
@@ -159,8 +160,7 @@ class NcclCommunicator : public Communicator {
 
   std::shared_ptr<Work> all_reduce_async(Tensor& t, ReduceOp op) override {
     check_tensor("all_reduce", t);
-    KILN_CHECK(op != ReduceOp::avg || is_floating(t.dtype()), "all_reduce avg needs a floating dtype, got ",
-               t.meta_str(), "; use sum and divide");
+    check_reduce_op("all_reduce", t, op);
     const std::string what = "all_reduce(" + std::string(op_name(op)) + ", " + t.meta_str() + ")";
     t.bump_version();  // outputs only: autograd must not see inputs as modified
     return launch(what, {t}, [&] {
@@ -170,8 +170,7 @@ class NcclCommunicator : public Communicator {
 
   void broadcast(Tensor& t, int root) override {
     check_tensor("broadcast", t);
-    KILN_CHECK(root >= 0 && root < world_size_, "broadcast: root ", root, " is outside 0..", world_size_ - 1,
-               " (", who(), ")");
+    check_root(root, world_size_, who());
     const size_t bytes = static_cast<size_t>(t.numel()) * t.element_size();
     t.bump_version();
     launch("broadcast(root " + std::to_string(root) + ", " + t.meta_str() + ")", {t}, [&] {
@@ -182,9 +181,7 @@ class NcclCommunicator : public Communicator {
   void all_gather(Tensor& out, const Tensor& in) override {
     check_tensor("all_gather", out);
     check_tensor("all_gather", in);
-    KILN_CHECK(in.dtype() == out.dtype() && out.numel() == in.numel() * world_size_,
-               "all_gather: out must hold world_size (", world_size_, ") x in.numel() elements of in's dtype; "
-               "got in ", in.meta_str(), ", out ", out.meta_str());
+    check_all_gather(out, in, world_size_);
     const size_t bytes = static_cast<size_t>(in.numel()) * in.element_size();
     out.bump_version();
     launch("all_gather(" + in.meta_str() + ")", {in, out}, [&] {
@@ -195,11 +192,7 @@ class NcclCommunicator : public Communicator {
   void reduce_scatter(Tensor& out, const Tensor& in, ReduceOp op) override {
     check_tensor("reduce_scatter", out);
     check_tensor("reduce_scatter", in);
-    KILN_CHECK(in.dtype() == out.dtype() && in.numel() == out.numel() * world_size_,
-               "reduce_scatter: in must hold world_size (", world_size_, ") x out.numel() elements of out's "
-               "dtype; got in ", in.meta_str(), ", out ", out.meta_str());
-    KILN_CHECK(op != ReduceOp::avg || is_floating(in.dtype()), "reduce_scatter avg needs a floating dtype, got ",
-               in.meta_str());
+    check_reduce_scatter(out, in, op, world_size_);
     out.bump_version();
     launch("reduce_scatter(" + std::string(op_name(op)) + ", " + in.meta_str() + ")", {in, out}, [&] {
       return ncclReduceScatter(in.data_ptr(), out.data_ptr(), out.numel(), nccl_type(in.dtype()), nccl_op(op),
