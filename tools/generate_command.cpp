@@ -29,6 +29,7 @@
 #include "tools/io/checkpoint.h"
 #include "tools/io/hf_gpt2.h"
 #include "tools/train_task.h"
+#include "tools/trainer.h"
 
 namespace kiln::cli {
 
@@ -95,25 +96,6 @@ BpeTokenizer load_tokenizer(const std::string& spec) {
   return BpeTokenizer::load(spec);
 }
 
-Device resolve_device(const std::string& spec) {
-  if (spec == "auto") return cuda_is_available() ? Device(DeviceType::CUDA, 0) : kCPU;
-  const Device d = Device::parse(spec);
-  KILN_CHECK(d.is_cpu() || d.index < cuda_device_count(), "device: ", spec, " was requested but ",
-             cuda_device_count(), " CUDA devices are visible");
-  return d;
-}
-
-fs::path checkpoint_file(const std::string& checkpoint) {
-  fs::path path = checkpoint;
-  if (fs::is_directory(path)) {
-    const fs::path dir = fs::exists(path / "checkpoints") ? path / "checkpoints" : path;
-    auto latest = io::latest_valid_checkpoint(dir);
-    KILN_CHECK(latest, "no valid checkpoint in ", dir.string());
-    path = *latest;
-  }
-  return path;
-}
-
 int run_generate(const GenerateArgs& args) {
   const Request req = parse_request(args.assignments);
   Config cfg = Config::load(args.config_file);
@@ -124,7 +106,7 @@ int run_generate(const GenerateArgs& args) {
   auto model = std::dynamic_pointer_cast<models::GPT>(models::make_model(spec));
   KILN_CHECK(model, "kiln generate samples from a language model: model.name is ", spec.name, ", not gpt");
   if (!req.checkpoint.empty()) {
-    const fs::path path = checkpoint_file(req.checkpoint);
+    const fs::path path = resolve_checkpoint(req.checkpoint);
     model->load_state_dict(io::load_checkpoint(path).model);
     std::fprintf(stderr, "weights: %s\n", path.string().c_str());
   } else {

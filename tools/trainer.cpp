@@ -67,14 +67,6 @@ class StopSignals {
   struct sigaction old_int_ {}, old_term_ {};
 };
 
-Device resolve_device(const std::string& spec) {
-  if (spec == "auto") return cuda_is_available() ? Device(DeviceType::CUDA, 0) : kCPU;
-  const Device d = Device::parse(spec);
-  KILN_CHECK(d.is_cpu() || d.index < cuda_device_count(), "device: ", spec, " was requested but ",
-             cuda_device_count(), " CUDA devices are visible");
-  return d;
-}
-
 std::unique_ptr<Optimizer> make_optimizer_from(const Config& cfg, const nn::Module& model) {
   OptimizerOptions o;
   o.lr = cfg.get_float("optim.lr");
@@ -351,8 +343,15 @@ TrainSummary train(const Config& cfg) {
 }
 
 // ---------------------------------------------------------------- eval
-EvalSummary evaluate(const Config& cfg, const std::string& checkpoint) {
-  const Device device = resolve_device(cfg.get_string("device"));
+Device resolve_device(const std::string& spec) {
+  if (spec == "auto") return cuda_is_available() ? Device(DeviceType::CUDA, 0) : kCPU;
+  const Device d = Device::parse(spec);
+  KILN_CHECK(d.is_cpu() || d.index < cuda_device_count(), "device: ", spec, " was requested but ",
+             cuda_device_count(), " CUDA devices are visible");
+  return d;
+}
+
+fs::path resolve_checkpoint(const std::string& checkpoint) {
   fs::path path = checkpoint;
   if (fs::is_directory(path)) {
     const fs::path dir = fs::exists(path / "checkpoints") ? path / "checkpoints" : path;
@@ -360,7 +359,12 @@ EvalSummary evaluate(const Config& cfg, const std::string& checkpoint) {
     KILN_CHECK(latest, "no valid checkpoint in ", dir.string());
     path = *latest;
   }
-  io::CheckpointContents c = io::load_checkpoint(path);
+  return path;
+}
+
+EvalSummary evaluate(const Config& cfg, const std::string& checkpoint) {
+  const Device device = resolve_device(cfg.get_string("device"));
+  io::CheckpointContents c = io::load_checkpoint(resolve_checkpoint(checkpoint));
   auto task = TrainTask::create(cfg, device, /*training=*/false);
   auto model = models::make_model(task->model_spec());
   model->load_state_dict(c.model);

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <string>
 
+#include "core/device.h"
 #include "tools/config.h"
 
 namespace kiln {
@@ -29,5 +30,13 @@ struct EvalSummary {
 // Evaluates `checkpoint` (a file, or a run directory: its newest valid checkpoint) on the
 // test split of the config's dataset, or on eval.batches of its val shards.
 EvalSummary evaluate(const Config& cfg, const std::string& checkpoint);
+
+// The config's `device`: "auto" (cuda:0 when a GPU is visible, else cpu), "cpu" or "cuda:N"
+// (checked to be visible). Shared by train, eval and generate.
+Device resolve_device(const std::string& spec);
+
+// A checkpoint file as given, or for a run directory (or its checkpoints/ directory) the
+// newest valid checkpoint in it. Shared by eval and generate.
+std::filesystem::path resolve_checkpoint(const std::string& checkpoint);
 
 }  // namespace kiln
