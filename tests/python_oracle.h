@@ -43,6 +43,7 @@ inline std::filesystem::path make_temp_dir(const std::string& prefix) {
 
 struct CommandResult {
   bool ok = false;      // it ran and exited with status 0
+  int exit_code = -1;   // its exit status; 128 + N when signal N ended it; -1 when it did not run
   std::string output;   // its standard output (add 2>&1 to the command for stderr too)
   std::string failure;  // when !ok: the command, its exit status and its output
 };
@@ -58,8 +59,9 @@ inline CommandResult run_command(const std::string& command) {
   char buf[4096];
   while (size_t n = fread(buf, 1, sizeof buf, pipe)) r.output.append(buf, n);
   const int status = pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? 128 + WTERMSIG(status) : -1;
   r.ok = status == 0;
-  if (!r.ok) r.failure = command + " failed (status " + std::to_string(WEXITSTATUS(status)) + "):\n" + r.output;
+  if (!r.ok) r.failure = command + " failed (status " + std::to_string(r.exit_code) + "):\n" + r.output;
   return r;
 }
 

@@ -22,6 +22,7 @@
 #include "optim/adam.h"
 #include "data/bpe_tokenizer.h"
 #include "tests/expect_error.h"
+#include "tests/kiln_cli.h"
 #include "tests/python_oracle.h"
 #include "tools/io/checkpoint.h"
 
@@ -464,8 +465,7 @@ TEST(Gpt, HuggingFaceMappingInvertsTheirLayout) {
 // greedy, and sampled with temperature and top-k.
 TEST(GptGenerateCli, StreamsWhatGenerateChooses) {
   namespace fs = std::filesystem;
-  const char* build = std::getenv("KILN_BUILD_DIR");
-  const fs::path kiln_bin = fs::path(build ? build : "build") / "kiln";
+  const fs::path kiln_bin = testing::kiln_binary();
   ASSERT_TRUE(fs::exists(kiln_bin)) << kiln_bin << " not built (set KILN_BUILD_DIR)";
   const fs::path dir = testing::make_temp_dir("kiln_generate_");
   ASSERT_FALSE(dir.empty());

@@ -2,72 +2,29 @@
 // environment, prefixed output, a failing rank stopping the others quickly, SIGINT forwarding.
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
-#include <chrono>
-#include <cstdlib>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "tests/kiln_cli.h"
+
 namespace kiln {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using Launched = testing::KilnRun;
 
-std::string kiln_binary() {
-  const char* build = std::getenv("KILN_BUILD_DIR");
-  return std::string(build ? build : "build") + "/kiln";
-}
-
-struct Launched {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr together
-  double seconds = 0;
-};
-
-// Runs kiln with `args` (no shell between), collecting its output; `on_output` may act (send a
-// signal) once it sees a line.
+// Runs kiln with `args` (no shell between); with `signal_after`, sends `sig` once that text has
+// appeared `signal_count` times.
 Launched run_kiln(const std::vector<std::string>& args, const std::string& signal_after = "",
                   int sig = SIGINT, int signal_count = 1) {
-  Launched r;
-  int out[2];
-  if (pipe(out) != 0) return r;
-  const auto start = Clock::now();
-  const pid_t pid = fork();
-  if (pid == 0) {
-    dup2(out[1], STDOUT_FILENO);
-    dup2(out[1], STDERR_FILENO);
-    close(out[0]);
-    std::vector<std::string> all = {kiln_binary()};
-    all.insert(all.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& a : all) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
+  testing::KilnRunOptions o;
+  if (!signal_after.empty()) {
+    o.act_after = signal_after;
+    o.act_count = signal_count;
+    o.act = [sig](pid_t pid) { kill(pid, sig); };
   }
-  close(out[1]);
-  bool signalled = signal_after.empty();
-  char buf[4096];
-  for (ssize_t n; (n = read(out[0], buf, sizeof buf)) > 0;) {
-    r.output.append(buf, static_cast<size_t>(n));
-    if (!signalled) {
-      size_t seen = 0;
-      for (size_t at = 0; (at = r.output.find(signal_after, at)) != std::string::npos; ++at) ++seen;
-      if (static_cast<int>(seen) >= signal_count) {
-        kill(pid, sig);
-        signalled = true;
-      }
-    }
-  }
-  close(out[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  r.seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
+  return testing::run_kiln(args, o);
 }
 
 std::vector<std::string> lines_of(const std::string& s) {

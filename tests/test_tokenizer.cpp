@@ -22,6 +22,7 @@
 #include "data/pretokenizer.h"
 #include "data/token_shards.h"
 #include "tests/expect_error.h"
+#include "tests/kiln_cli.h"
 #include "tests/python_oracle.h"
 
 namespace kiln {
@@ -470,37 +471,23 @@ TEST(Gpt2Files, ErrorsNameTheFile) {
 
 // ---- the command line, end to end
 
-struct CliResult {
-  int status;
-  std::string output;
-};
-
-CliResult run_kiln(const std::string& args) {
-  const char* build = std::getenv("KILN_BUILD_DIR");
-  const std::string cmd = std::string(build ? build : "build") + "/kiln " + args + " 2>&1";
-  CliResult r{0, ""};
-  FILE* p = popen(cmd.c_str(), "r");
-  char buf[4096];
-  while (std::size_t n = fread(buf, 1, sizeof buf, p)) r.output.append(buf, n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+using testing::CommandResult;
+using testing::run_kiln_shell;
 
 TEST(TokenizeCli, TrainTokenizeAndReadBack) {
   TempDir dir;
   std::string text;
   for (int i = 0; i < 40; ++i) text += kSmallText;
   write_file(dir.file("corpus.txt"), text);
-  CliResult r = run_kiln("tokenizer train --input " + dir.file("corpus.txt") + " --vocab-size 400 --output " +
-                         dir.file("bpe.tok"));
-  ASSERT_EQ(r.status, 0) << r.output;
+  CommandResult r = run_kiln_shell("tokenizer train --input " + dir.file("corpus.txt") + " --vocab-size 400 --output " +
+                                   dir.file("bpe.tok"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
   const BpeTokenizer tok = BpeTokenizer::load(dir.file("bpe.tok"));
   EXPECT_EQ(tok, BpeTokenizer::train(text, 400));
 
-  r = run_kiln("tokenize --tokenizer " + dir.file("bpe.tok") + " --input " + dir.file("corpus.txt") + " --output-dir " +
-               dir.file("shards") + " --val-fraction 0.1 --shard-tokens 1000");
-  ASSERT_EQ(r.status, 0) << r.output;
+  r = run_kiln_shell("tokenize --tokenizer " + dir.file("bpe.tok") + " --input " + dir.file("corpus.txt") +
+                     " --output-dir " + dir.file("shards") + " --val-fraction 0.1 --shard-tokens 1000");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
   std::vector<int32_t> train, val;
   int train_shards = 0;
   auto shard = [&](int k) { return dir.file("shards/train_00000" + std::to_string(k) + ".bin"); };
@@ -519,8 +506,8 @@ TEST(TokenizeCli, TrainTokenizeAndReadBack) {
   EXPECT_NEAR(static_cast<double>(val_text.size()) / static_cast<double>(text.size()), 0.1, 0.02);
 
   // Encode and decode from the command line agree with the library.
-  r = run_kiln("tokenizer encode --tokenizer " + dir.file("bpe.tok") + " --text 'the earth'");
-  ASSERT_EQ(r.status, 0) << r.output;
+  r = run_kiln_shell("tokenizer encode --tokenizer " + dir.file("bpe.tok") + " --text 'the earth'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
   std::ostringstream expected;
   const auto ids = tok.encode("the earth");
   for (std::size_t i = 0; i < ids.size(); ++i) expected << (i ? " " : "") << ids[i];
@@ -528,20 +515,20 @@ TEST(TokenizeCli, TrainTokenizeAndReadBack) {
 
   // GPT-2's files converted to a kiln tokenizer file: the same tokenizer.
   write_gpt2_files(dir, {"Ġt", "he", "Ġthe"}, "Ġ t\nh e\nĠt he\n");
-  r = run_kiln("tokenizer import-gpt2 --encoder-json " + dir.file("encoder.json") + " --vocab-bpe " +
-               dir.file("vocab.bpe") + " --output " + dir.file("gpt2.tok"));
-  ASSERT_EQ(r.status, 0) << r.output;
+  r = run_kiln_shell("tokenizer import-gpt2 --encoder-json " + dir.file("encoder.json") + " --vocab-bpe " +
+                     dir.file("vocab.bpe") + " --output " + dir.file("gpt2.tok"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(BpeTokenizer::load(dir.file("gpt2.tok")),
             BpeTokenizer::load_gpt2(dir.file("encoder.json"), dir.file("vocab.bpe")));
 
   // Bad input: one clear message and exit status 1.
-  r = run_kiln("tokenize --tokenizer " + dir.file("nope.tok") + " --input " + dir.file("corpus.txt") +
-               " --output-dir " + dir.file("x"));
-  EXPECT_EQ(r.status, 1);
+  r = run_kiln_shell("tokenize --tokenizer " + dir.file("nope.tok") + " --input " + dir.file("corpus.txt") +
+                     " --output-dir " + dir.file("x"));
+  EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("nope.tok"), std::string::npos) << r.output;
-  r = run_kiln("tokenizer train --input " + dir.file("corpus.txt") + " --vocab-size 100 --output " +
-               dir.file("small.tok"));
-  EXPECT_EQ(r.status, 1);
+  r = run_kiln_shell("tokenizer train --input " + dir.file("corpus.txt") + " --vocab-size 100 --output " +
+                     dir.file("small.tok"));
+  EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("vocab_size 100"), std::string::npos) << r.output;
 }
 

@@ -2,18 +2,15 @@
 // a resumed run is bit-identical to an uninterrupted one, and bad input fails clearly without
 // overwriting anything.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <csignal>
-
-#include <cstdio>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "core/error.h"
+#include "tests/kiln_cli.h"
 #include "tools/config.h"
 #include "tools/io/checkpoint.h"
 #include "tools/io/jsonl.h"
@@ -109,33 +106,19 @@ TEST_F(TrainTest, ResumedRunIsBitIdenticalOnCpu) {
 
 // ---- bad input through the real binary: one clear message, non-zero exit, nothing overwritten
 
-struct CliResult {
-  int status;
-  std::string output;
-};
-
-CliResult run_kiln(const std::string& args) {
-  const char* build = std::getenv("KILN_BUILD_DIR");
-  const std::string cmd = std::string(build ? build : "build") + "/kiln " + args + " 2>&1";
-  CliResult r{0, ""};
-  FILE* p = popen(cmd.c_str(), "r");
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) r.output.append(buf, n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+using testing::CommandResult;
+using testing::run_kiln_shell;
 
 TEST_F(TrainTest, CliRejectsUnknownKeyAndWrongType) {
   std::ofstream(dir_ / "c.yaml") << "optim:\n  lrr: 0.1\n";
-  CliResult r = run_kiln("train " + (dir_ / "c.yaml").string());
-  EXPECT_EQ(r.status, 1);
+  CommandResult r = run_kiln_shell("train " + (dir_ / "c.yaml").string());
+  EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("c.yaml:2: unknown key 'optim.lrr' (did you mean 'optim.lr'?)"), std::string::npos) << r.output;
-  r = run_kiln("train " + (dir_ / "c.yaml").string() + " optim.lr=abc");
-  EXPECT_EQ(r.status, 1);
+  r = run_kiln_shell("train " + (dir_ / "c.yaml").string() + " optim.lr=abc");
+  EXPECT_EQ(r.exit_code, 1);
   std::ofstream(dir_ / "ok.yaml") << "device: cpu\n";
-  r = run_kiln("train " + (dir_ / "ok.yaml").string() + " optim.lr=abc");
-  EXPECT_EQ(r.status, 1);
+  r = run_kiln_shell("train " + (dir_ / "ok.yaml").string() + " optim.lr=abc");
+  EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("optim.lr: expected a float, got 'abc'"), std::string::npos) << r.output;
 }
 
@@ -210,42 +193,16 @@ TEST_F(TrainTest, ShapeMismatchedCheckpointNamesKeyAndShapes) {
 // Ctrl-C (SIGINT) mid-run: a checkpoint at the current step, exit code 130, and a resume that
 // finishes the run.
 TEST_F(TrainTest, SigintSavesACheckpointAndResumes) {
-  const char* build = std::getenv("KILN_BUILD_DIR");
-  const std::string kiln = std::string(build ? build : "build") + "/kiln";
   const fs::path run = dir_ / "run";
   std::ofstream(dir_ / "c.yaml") << "device: cpu\nmodel:\n  hidden_sizes: [32]\ndata:\n  batch_size: 32\n";
-  std::vector<std::string> args = {kiln, "train", (dir_ / "c.yaml").string(), "train.steps=100000",
-                                   "train.log_every=1", "checkpoint.every=0", "train.eval_every=0",
-                                   "log.run_dir=" + run.string()};
-  int out[2];
-  ASSERT_EQ(pipe(out), 0);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    dup2(out[1], STDOUT_FILENO);
-    dup2(out[1], STDERR_FILENO);
-    close(out[0]);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  close(out[1]);
   // Wait until training is under way (a few step lines), then interrupt.
-  std::string output;
-  char buf[4096];
-  while (output.find("step 20/") == std::string::npos) {
-    const ssize_t n = read(out[0], buf, sizeof buf);
-    if (n <= 0) break;
-    output.append(buf, n);
-  }
-  kill(pid, SIGINT);
-  for (ssize_t n; (n = read(out[0], buf, sizeof buf)) > 0;) output.append(buf, n);
-  close(out[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  ASSERT_TRUE(WIFEXITED(status)) << output;
-  EXPECT_EQ(WEXITSTATUS(status), 130) << output;
+  const testing::KilnRun r = testing::run_kiln(
+      {"train", (dir_ / "c.yaml").string(), "train.steps=100000", "train.log_every=1", "checkpoint.every=0",
+       "train.eval_every=0", "log.run_dir=" + run.string()},
+      {.act_after = "step 20/", .act = [](pid_t pid) { kill(pid, SIGINT); }});
+  const std::string& output = r.output;
+  ASSERT_FALSE(r.signalled) << output;
+  EXPECT_EQ(r.exit_code, 130) << output;
   EXPECT_NE(output.find("stopped by SIGINT"), std::string::npos) << output;
   const auto ckpts = io::list_checkpoints(run / "checkpoints");
   ASSERT_EQ(ckpts.size(), 1u) << output;

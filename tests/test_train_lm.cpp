@@ -4,7 +4,6 @@
 // bit-identically (f32 with dropout, f16 with its loss scaler), bf16 and f16 train, `kiln eval`
 // agrees with training's last evaluation, and bad input fails with one clear message.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -22,6 +21,7 @@
 #include "core/philox.h"
 #include "data/token_shards.h"
 #include "models/gpt.h"
+#include "tests/kiln_cli.h"
 #include "tools/io/safetensors.h"
 #include "tools/config.h"
 #include "tools/io/checkpoint.h"
@@ -49,22 +49,8 @@ std::vector<int32_t> markov_tokens(int64_t n, uint64_t seed) {
   return t;
 }
 
-struct CliResult {
-  int status;
-  std::string output;
-};
-
-CliResult run_kiln(const std::string& args) {
-  const char* build = std::getenv("KILN_BUILD_DIR");
-  const std::string cmd = std::string(build ? build : "build") + "/kiln " + args + " 2>&1";
-  CliResult r{0, ""};
-  FILE* p = popen(cmd.c_str(), "r");
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) r.output.append(buf, n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+using testing::CommandResult;
+using testing::run_kiln_shell;
 
 std::vector<double> metric(const fs::path& run_dir, const std::string& key) {
   std::vector<double> v;
@@ -118,8 +104,8 @@ class TrainLmTest : public ::testing::Test {
 
 TEST_F(TrainLmTest, LossFallsThroughTheBinary) {
   const fs::path run = dir_ / "run";
-  const CliResult r = run_kiln("train " + write_config().string() + " log.run_dir=" + run.string());
-  ASSERT_EQ(r.status, 0) << r.output;
+  const CommandResult r = run_kiln_shell("train " + write_config().string() + " log.run_dir=" + run.string());
+  ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("tokens/s"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("val loss"), std::string::npos) << r.output;
   const std::vector<double> losses = metric(run, "train/loss"), val = metric(run, "eval/loss");
@@ -137,8 +123,8 @@ TEST_F(TrainLmTest, LossFallsThroughTheBinary) {
   EXPECT_TRUE(fs::exists(io::checkpoint_path(run / "checkpoints", 60)));
 
   // kiln eval on the run directory reports the same val loss.
-  const CliResult e = run_kiln("eval " + write_config().string() + " checkpoint=" + run.string());
-  ASSERT_EQ(e.status, 0) << e.output;
+  const CommandResult e = run_kiln_shell("eval " + write_config().string() + " checkpoint=" + run.string());
+  ASSERT_EQ(e.exit_code, 0) << e.output;
   char expected[64];
   std::snprintf(expected, sizeof expected, "val loss %.4f", val.back());
   EXPECT_NE(e.output.find(expected), std::string::npos) << e.output << " (expected " << expected << ")";
@@ -281,12 +267,12 @@ TEST_F(TrainLmTest, BadInputFailsClearly) {
 
   // Through the binary: a misspelt key and a bad precision, with the file and line.
   std::ofstream(dir_ / "typo.yaml") << "model:\n  name: gpt\n  n_layers: 2\n";
-  CliResult r = run_kiln("train " + (dir_ / "typo.yaml").string());
-  EXPECT_EQ(r.status, 1);
+  CommandResult r = run_kiln_shell("train " + (dir_ / "typo.yaml").string());
+  EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("typo.yaml:3: unknown key 'model.n_layers' (did you mean 'model.n_layer'?)"),
             std::string::npos) << r.output;
-  r = run_kiln("train " + write_config().string() + " train.precision=fp8");
-  EXPECT_EQ(r.status, 1);
+  r = run_kiln_shell("train " + write_config().string() + " train.precision=fp8");
+  EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("train.precision"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("fp8"), std::string::npos) << r.output;
 }
