@@ -1,5 +1,6 @@
 // What the *_cuda tests share: inputs drawn on the CPU (so both devices read the same
-// values) and the comparison of a CUDA result with the CPU reference. Each test file states
+// values), NaN-filled outputs and device memory (so an element a kernel leaves unwritten
+// fails), and the comparison of a CUDA result with the CPU reference. Each test file states
 // its tolerances and why in its header comment.
 #pragma once
 
@@ -33,6 +34,29 @@ inline Tensor random_cpu(const Shape& shape, double lo, double hi, DType dtype, 
 inline Tensor randn_cpu(const Shape& shape, uint64_t seed, DType dtype) {
   Generator gen(seed);
   return randn(shape, {.dtype = DType::f32}, &gen).to(dtype);
+}
+
+// A tensor like `t` (shape, dtype, device) full of NaN: an output buffer whose every element
+// the op must write.
+inline Tensor nan_like(const Tensor& t) { return full(t.shape(), std::nan(""), t.options()); }
+
+// `copies` device blocks of each byte size in `bytes`.
+struct DeviceBlocks {
+  std::vector<int64_t> bytes;
+  int copies = 1;
+};
+
+// The caching allocator's small sizes, eight of each.
+inline const DeviceBlocks kSmallDeviceBlocks{{int64_t{4} << 10, int64_t{64} << 10, int64_t{512} << 10, int64_t{1} << 20}, 8};
+
+// Holds all of `groups` at once, filled with 0xFF bytes (NaN as f32, bf16 and f16), then frees
+// them: the caching allocator hands the next tensors of those sizes (the outputs of the op
+// under test) out full of NaN rather than zeros.
+inline void poison_device_blocks(const std::vector<DeviceBlocks>& groups) {
+  std::vector<Tensor> blocks;
+  for (const DeviceBlocks& g : groups)
+    for (int64_t bytes : g.bytes)
+      for (int i = 0; i < g.copies; ++i) blocks.push_back(full({bytes}, 255, {.dtype = DType::u8, .device = kCuda}));
 }
 
 // Element by element: |cuda - cpu| <= rtol * |cpu| + atol_scale * max|cpu| + atol, where

@@ -66,15 +66,6 @@ Results run(const Tensor& q0, const Tensor& k0, const Tensor& v0, const Tensor& 
   return {out.detach(), q.grad(), k.grad(), v.grad()};
 }
 
-// Fills and frees blocks of each byte size with 0xff bytes (NaN as f32, bf16 and f16), so the
-// caching allocator hands the next tensors of those sizes out full of NaN.
-void poison_allocator(const std::vector<int64_t>& byte_sizes) {
-  std::vector<Tensor> blocks;
-  for (int64_t n : byte_sizes)
-    for (int copies = 0; copies < 3; ++copies)
-      blocks.push_back(full({n}, 255, {.dtype = DType::u8, .device = kCuda}));
-}
-
 struct Inputs {
   Tensor q, k, v, g;  // CPU, in the dtype under test
 };
@@ -87,7 +78,7 @@ Inputs make_inputs(const Case& c, DType dtype, uint64_t seed) {
 Results on_cuda(const Inputs& in, const Case& c, AttentionBackend b) {
   const int64_t es = static_cast<int64_t>(in.q.element_size());
   const int64_t q_bytes = c.B * c.H * c.Tq * c.D * es, kv_bytes = c.B * c.H * c.Tk * c.D * es;
-  poison_allocator({q_bytes, kv_bytes, c.B * c.H * c.Tq * 4});
+  testing::poison_device_blocks({{{q_bytes, kv_bytes, c.B * c.H * c.Tq * 4}, 3}});
   return run(in.q.to(kCuda), in.k.to(kCuda), in.v.to(kCuda), in.g.to(kCuda), c.causal, b);
 }
 

@@ -35,6 +35,7 @@ namespace {
 
 using testing::expect_matches;
 using testing::kCuda;
+using testing::nan_like;
 using testing::random_cpu;
 using testing::Tolerance;
 
@@ -46,18 +47,11 @@ Tolerance tolerance(DType dtype) {
   }
 }
 
-// Fills cached device blocks of many sizes with 0xFF bytes and frees them again, so the next
-// allocations (the op's outputs) start as NaN rather than as zeros.
+// Poisons the small sizes and the large ones this file's outputs use (GPT-2 sized activations).
 void poison_device_cache() {
-  std::vector<Tensor> blocks;
-  for (int64_t bytes : {int64_t{4} << 10, int64_t{64} << 10, int64_t{512} << 10, int64_t{1} << 20})
-    for (int i = 0; i < 8; ++i) blocks.push_back(empty({bytes}, {.dtype = DType::u8, .device = kCuda}));
-  for (int64_t bytes : {int64_t{4} << 20, int64_t{12} << 20, int64_t{48} << 20})
-    for (int i = 0; i < 3; ++i) blocks.push_back(empty({bytes}, {.dtype = DType::u8, .device = kCuda}));
-  for (Tensor& b : blocks) b.fill_(255);
+  testing::poison_device_blocks(
+      {testing::kSmallDeviceBlocks, {{int64_t{4} << 20, int64_t{12} << 20, int64_t{48} << 20}, 3}});
 }
-
-Tensor nan_like(const Tensor& t) { return full(t.shape(), std::nan(""), t.options()); }
 
 const char* act_name(Activation act) { return act == Activation::gelu ? "gelu" : "none"; }
 

@@ -37,6 +37,7 @@ namespace {
 
 using testing::expect_matches;
 using testing::kCuda;
+using testing::nan_like;
 using testing::random_cpu;
 using testing::Tolerance;
 
@@ -47,18 +48,11 @@ Tolerance tolerance(DType dtype) {
 const Tolerance kExact{.equal_values_pass = true};  // equal values only (within 0)
 const Tolerance kLossTolerance{.rtol = 1e-5, .atol = 1e-6, .equal_values_pass = false};
 
-// Fills cached device blocks of many sizes with 0xFF bytes and frees them again, so the
-// next allocations (outputs of the op under test) start as NaN rather than as zeros.
+// Poisons the small sizes and the large ones this file's outputs use (the biggest loss buffers).
 void poison_device_cache() {
-  std::vector<Tensor> blocks;
-  for (int64_t bytes : {int64_t{4} << 10, int64_t{64} << 10, int64_t{512} << 10, int64_t{1} << 20})
-    for (int i = 0; i < 8; ++i) blocks.push_back(empty({bytes}, {.dtype = DType::u8, .device = kCuda}));
-  for (int64_t bytes : {int64_t{12} << 20, int64_t{24} << 20, int64_t{96} << 20, int64_t{420} << 20})
-    for (int i = 0; i < 2; ++i) blocks.push_back(empty({bytes}, {.dtype = DType::u8, .device = kCuda}));
-  for (Tensor& b : blocks) b.fill_(255);
+  testing::poison_device_blocks(
+      {testing::kSmallDeviceBlocks, {{int64_t{12} << 20, int64_t{24} << 20, int64_t{96} << 20, int64_t{420} << 20}, 2}});
 }
-
-Tensor nan_like(const Tensor& t) { return full(t.shape(), std::nan(""), t.options()); }
 
 Tensor random_indices(int64_t n, int64_t vocab, DType dtype, uint32_t seed, int64_t distinct = 0) {
   std::mt19937 rng(seed);
