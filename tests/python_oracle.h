@@ -3,6 +3,7 @@
 // make a scratch directory, run the script and collect its output.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -10,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <iostream>
 #include <string>
 
 namespace kiln::testing {
@@ -39,6 +41,18 @@ inline std::filesystem::path make_temp_dir(const std::string& prefix) {
   std::string tmpl = (std::filesystem::temp_directory_path() / (prefix + "XXXXXX")).string();
   if (!mkdtemp(tmpl.data())) return {};
   return tmpl;
+}
+
+// Removes `dir` (from make_temp_dir) after a test; when the current test has failed, keeps it
+// and says where, since the reference files in it are what one looks at next.
+inline void remove_temp_dir_unless_failed(const std::filesystem::path& dir) {
+  if (dir.empty()) return;
+  if (::testing::Test::HasFailure()) {
+    std::cout << "reference files kept in " << dir.string() << "\n";
+  } else {
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
 }
 
 struct CommandResult {

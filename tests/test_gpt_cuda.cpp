@@ -20,6 +20,7 @@
 #include "core/generator.h"
 #include "core/ops.h"
 #include "models/gpt.h"
+#include "tests/gpt_testing.h"
 #include "tests/cuda_compare.h"
 #include "tests/gradcheck.h"
 
@@ -42,19 +43,11 @@ GPTConfig config(AttentionBackend backend) {
   return c;
 }
 
-// Weights redrawn larger than GPT-2's init so logits are not ~0 (as test_gpt_parity.cpp does).
+// Weights redrawn larger than GPT-2's init so logits are not ~0 (testing::redraw_gpt_weights).
 std::shared_ptr<GPT> make_model(AttentionBackend backend) {
   Generator gen(99);
   auto model = std::make_shared<GPT>(config(backend), &gen);
-  NoGradGuard no_grad;
-  for (auto& [name, p] : model->named_parameters()) {
-    Tensor r = randn(p.shape(), {}, &gen);
-    if (name.find(".ln_") != std::string::npos && name.ends_with(".weight")) r = r * 0.1 + 1.0;
-    else if (name.ends_with(".bias")) r = r * 0.1;
-    else if (name.find(".wte.") != std::string::npos || name.find(".wpe.") != std::string::npos) r = r * 0.5;
-    else r = r / std::sqrt(static_cast<double>(p.size(1)));
-    p.copy_(r);
-  }
+  testing::redraw_gpt_weights(*model, gen);
   return model;
 }
 

@@ -31,6 +31,7 @@
 #include "core/generator.h"
 #include "core/ops.h"
 #include "models/gpt.h"
+#include "tests/gpt_testing.h"
 #include "tests/npy.h"
 #include "tests/python_oracle.h"
 #include "tools/io/hf_gpt2.h"
@@ -59,21 +60,12 @@ GPTConfig tiny_config(AttentionBackend backend) {
   return c;
 }
 
-// A GPT whose weights are redrawn larger than GPT-2's init (0.02 makes every logit ~0 and
-// hides errors): LayerNorm weights 1 + 0.1 N, biases 0.1 N, matrices N / sqrt(fan_in),
-// embeddings 0.5 N (padding rows of wte included). Same seed, same weights.
+// A GPT whose weights are redrawn larger than GPT-2's init (testing::redraw_gpt_weights).
+// Same seed, same weights.
 std::shared_ptr<GPT> make_model(AttentionBackend backend) {
   Generator gen(20261125);
   auto model = std::make_shared<GPT>(tiny_config(backend), &gen);
-  NoGradGuard no_grad;
-  for (auto& [name, p] : model->named_parameters()) {
-    Tensor r = randn(p.shape(), {}, &gen);
-    if (name.find(".ln_") != std::string::npos && name.ends_with(".weight")) r = r * 0.1 + 1.0;
-    else if (name.ends_with(".bias")) r = r * 0.1;
-    else if (name.find(".wte.") != std::string::npos || name.find(".wpe.") != std::string::npos) r = r * 0.5;
-    else r = r / std::sqrt(static_cast<double>(p.size(1)));
-    p.copy_(r);
-  }
+  testing::redraw_gpt_weights(*model, gen);
   return model;
 }
 
@@ -107,15 +99,7 @@ class GptParity : public ::testing::Test {
     dir_ = testing::make_temp_dir("kiln_gpt_parity_");
     ASSERT_FALSE(dir_.empty()) << "cannot make a temporary directory";
   }
-  void TearDown() override {
-    if (dir_.empty()) return;
-    if (HasFailure()) {
-      std::cout << "reference files kept in " << dir_.string() << "\n";
-    } else {
-      std::error_code ec;
-      fs::remove_all(dir_, ec);
-    }
-  }
+  void TearDown() override { testing::remove_temp_dir_unless_failed(dir_); }
   NpyArray ref(const std::string& what) const { return read_npy(dir_ / (what + ".npy")); }
   fs::path dir_;
 };

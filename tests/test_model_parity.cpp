@@ -112,15 +112,7 @@ class ModelParity : public ::testing::Test {
     ASSERT_FALSE(dir_.empty()) << "cannot make a temporary directory";
   }
 
-  void TearDown() override {
-    if (dir_.empty()) return;
-    if (HasFailure()) {
-      std::cout << "reference files kept in " << dir_.string() << "\n";
-    } else {
-      std::error_code ec;
-      fs::remove_all(dir_, ec);
-    }
-  }
+  void TearDown() override { testing::remove_temp_dir_unless_failed(dir_); }
 
   // The model, its initial weights and one batch, all f32 and drawn from one seed, so two
   // calls give identical setups.
