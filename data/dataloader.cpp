@@ -12,21 +12,36 @@
 
 namespace kiln {
 
-namespace {
-
-// A contiguous tensor in `allocator`'s memory (pinned host memory for batches bound for a GPU,
-// so the copy is a DMA straight from it instead of a staged copy through pageable memory).
-Tensor host_tensor(const Shape& shape, DType dtype, Allocator* allocator) {
+// Pinned host memory for batches bound for a GPU, so the copy is a DMA straight from it instead
+// of a staged copy through pageable memory.
+Tensor batch_host_tensor(const Shape& shape, DType dtype, Device device) {
+  Allocator* allocator = device.is_cuda() ? pinned_host_allocator() : cpu_allocator();
   const auto nbytes = static_cast<std::size_t>(shape_numel(shape)) * element_size(dtype);
   auto storage = std::make_shared<Storage>(nbytes, kCPU, allocator);
   return Tensor::make_view(std::move(storage), shape, contiguous_strides(shape), 0, dtype);
 }
 
-}  // namespace
+Batch stage_to_device(Batch host, Device device) {
+  if (device.is_cpu()) return host;
+  Batch b = host;
+  b.inputs = host.inputs.to(device);
+  b.targets = host.targets.to(device);
+#ifdef KILN_WITH_CUDA
+  // From pinned memory the copies really are asynchronous, and the pinned buffers are freed
+  // when `host` goes out of scope: wait for the copies first. Overlapping the copy with the
+  // previous step needs buffers kept alive until an event says the copy is done; later.
+  cuda::DeviceGuard guard(device.index);
+  KILN_CUDA_CHECK(cudaStreamSynchronize(cuda::current_stream(device.index)));
+#endif
+  return b;
+}
 
 DataLoader::DataLoader(std::shared_ptr<const Dataset> dataset, DataLoaderOptions options,
                        std::shared_ptr<const Sampler> sampler)
-    : dataset_(std::move(dataset)), sampler_(std::move(sampler)), options_(std::move(options)) {
+    : dataset_(std::move(dataset)),
+      sampler_(std::move(sampler)),
+      options_(std::move(options)),
+      prefetcher_(options_.prefetch) {
   KILN_CHECK(dataset_, "DataLoader: no dataset");
   KILN_CHECK(options_.batch_size > 0, "DataLoader: batch_size must be positive, got ", options_.batch_size);
   KILN_CHECK(options_.prefetch >= 0, "DataLoader: prefetch must be >= 0, got ", options_.prefetch);
@@ -50,7 +65,7 @@ DataLoader::DataLoader(std::shared_ptr<const Dataset> dataset, DataLoaderOptions
              options_.drop_last ? " with drop_last and batch_size " : " and batch_size ", bs);
 }
 
-DataLoader::~DataLoader() { stop_worker(); }
+DataLoader::~DataLoader() { prefetcher_.stop(); }
 
 Batch DataLoader::build(LoaderState at) {
   if (order_epoch_ != at.epoch) {
@@ -64,11 +79,10 @@ Batch DataLoader::build(LoaderState at) {
   const int64_t C = sample_shape_[0], H = sample_shape_[1], W = sample_shape_[2];
   const int64_t per_sample = C * H * W;
 
-  Allocator* memory = options_.device.is_cuda() ? pinned_host_allocator() : cpu_allocator();
   const Shape input_shape = options_.transform.flatten ? Shape{count, per_sample} : Shape{count, C, H, W};
   Batch b;
-  b.inputs = host_tensor(input_shape, DType::f32, memory);
-  b.targets = host_tensor({count}, DType::i64, memory);
+  b.inputs = batch_host_tensor(input_shape, DType::f32, options_.device);
+  b.targets = batch_host_tensor({count}, DType::i64, options_.device);
   b.indices.assign(order_.begin() + start, order_.begin() + start + count);
   b.epoch = at.epoch;
   b.index = at.batch;
@@ -104,44 +118,24 @@ DataLoader::Item DataLoader::produce(LoaderState& at) {
   return item;
 }
 
-Batch DataLoader::to_device(Batch host) const {
-  if (options_.device.is_cpu()) return host;
-  Batch b = host;
-  b.inputs = host.inputs.to(options_.device);
-  b.targets = host.targets.to(options_.device);
-#ifdef KILN_WITH_CUDA
-  // From pinned memory the copies really are asynchronous, and the pinned buffers are freed
-  // when `host` goes out of scope: wait for the copies first. Overlapping the copy with the
-  // previous step needs buffers kept alive until an event says the copy is done; later.
-  cuda::DeviceGuard guard(options_.device.index);
-  KILN_CUDA_CHECK(cudaStreamSynchronize(cuda::current_stream(options_.device.index)));
-#endif
-  return b;
-}
-
 bool DataLoader::next(Batch& out) {
   Item item;
   if (options_.prefetch == 0) {
     LoaderState at = state_;
     item = produce(at);  // a throw leaves state_ where it was
   } else {
-    start_worker();
-    std::unique_lock<std::mutex> lock(mu_);
-    ready_.wait(lock, [&] { return !queue_.empty(); });
-    item = std::move(queue_.front());
-    queue_.pop_front();
-    lock.unlock();
-    space_.notify_one();
-    if (item.error) {
-      stop_worker();  // the thread ends after an error; the next call restarts it at state_
-      std::rethrow_exception(item.error);
-    }
+    // Epoch ends do not stop the thread; an error does, and the next call restarts it at state_.
+    prefetcher_.start([this, at = state_](Item& built) mutable {
+      built = produce(at);
+      return true;
+    });
+    item = prefetcher_.pop();
   }
   if (item.end_of_epoch) {
     state_ = {state_.epoch + 1, 0};
     return false;
   }
-  out = to_device(std::move(item.batch));
+  out = stage_to_device(std::move(item.batch), options_.device);
   state_ = {out.epoch, out.index + 1};
   return true;
 }
@@ -149,47 +143,8 @@ bool DataLoader::next(Batch& out) {
 void DataLoader::set_state(LoaderState state) {
   KILN_CHECK(state.epoch >= 0 && state.batch >= 0 && state.batch <= num_batches_, "DataLoader::set_state: epoch ",
              state.epoch, " batch ", state.batch, " is not a position (", num_batches_, " batches per epoch)");
-  stop_worker();
+  prefetcher_.stop();  // drops batches built for the old position
   state_ = state;
-}
-
-// ---- the prefetch thread
-
-void DataLoader::start_worker() {
-  if (worker_.joinable()) return;
-  stop_ = false;
-  worker_ = std::thread(&DataLoader::worker_loop, this, state_);
-}
-
-void DataLoader::stop_worker() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
-  }
-  space_.notify_all();
-  if (worker_.joinable()) worker_.join();
-  queue_.clear();  // batches built for a position we are leaving
-  stop_ = false;
-}
-
-void DataLoader::worker_loop(LoaderState at) {
-  for (;;) {
-    Item item;
-    try {
-      item = produce(at);
-    } catch (...) {
-      item.error = std::current_exception();
-    }
-    const bool failed = item.error != nullptr;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      space_.wait(lock, [&] { return stop_ || static_cast<int64_t>(queue_.size()) < options_.prefetch; });
-      if (stop_) return;
-      queue_.push_back(std::move(item));
-    }
-    ready_.notify_one();
-    if (failed) return;
-  }
 }
 
 }  // namespace kiln

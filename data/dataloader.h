@@ -12,19 +12,15 @@
 // had next, because the order and every augmentation are functions of (seed, epoch, index).
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
-#include <exception>
 #include <memory>
-#include <mutex>
-#include <thread>
 #include <vector>
 
 #include "core/device.h"
 #include "core/tensor.h"
 #include "data/dataset.h"
 #include "data/image_transform.h"
+#include "data/prefetcher.h"
 #include "data/sampler.h"
 
 namespace kiln {
@@ -47,6 +43,12 @@ struct Batch {
   int64_t index = 0;             // batch number within the epoch
 };
 
+// Shared with TokenLoader. A contiguous host tensor for a batch bound for `device`: in pinned
+// memory when that is a CUDA device, so the copy is a DMA straight from it.
+Tensor batch_host_tensor(const Shape& shape, DType dtype, Device device);
+// `host`'s inputs and targets copied to `device` (the batch itself when that is the CPU).
+Batch stage_to_device(Batch host, Device device);
+
 // Where the loader stands: the next batch next() returns is batch `batch` of epoch `epoch`
 // (batch == num_batches() means the epoch's end, which next() reports by returning false).
 struct LoaderState {
@@ -61,7 +63,7 @@ class DataLoader {
   // into `dataset`.
   DataLoader(std::shared_ptr<const Dataset> dataset, DataLoaderOptions options,
              std::shared_ptr<const Sampler> sampler = nullptr);
-  ~DataLoader();  // stops and joins the prefetch thread
+  ~DataLoader();  // stops and joins the prefetch thread before the members it reads go
   DataLoader(const DataLoader&) = delete;
   DataLoader& operator=(const DataLoader&) = delete;
 
@@ -80,19 +82,14 @@ class DataLoader {
   const Dataset& dataset() const { return *dataset_; }
 
  private:
-  // One finished unit of work from the builder: a batch, the end of an epoch, or an error.
+  // One finished unit of work from the builder: a batch or the end of an epoch.
   struct Item {
     Batch batch;
     bool end_of_epoch = false;
-    std::exception_ptr error;
   };
 
   Batch build(LoaderState at);            // a host batch; safe on the prefetch thread
   Item produce(LoaderState& at);          // the item at `at`, then moves `at` past it
-  Batch to_device(Batch host) const;
-  void start_worker();
-  void stop_worker();
-  void worker_loop(LoaderState at);
 
   std::shared_ptr<const Dataset> dataset_;
   std::shared_ptr<const Sampler> sampler_;
@@ -105,13 +102,8 @@ class DataLoader {
   int64_t order_epoch_ = -1;
   std::vector<int64_t> order_;
 
-  // The prefetch thread and its bounded queue of finished items.
-  std::thread worker_;
-  std::mutex mu_;
-  std::condition_variable ready_;  // an item was queued
-  std::condition_variable space_;  // an item was taken, or stop was asked
-  std::deque<Item> queue_;
-  bool stop_ = false;
+  // The prefetch thread and its bounded queue of finished items; it stops after an error.
+  Prefetcher<Item> prefetcher_;
 };
 
 }  // namespace kiln

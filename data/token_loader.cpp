@@ -5,27 +5,13 @@
 #include <algorithm>
 #include <utility>
 
-#include "core/allocator.h"
 #include "core/philox.h"
-#include "core/storage.h"
-
-#ifdef KILN_WITH_CUDA
-#include "core/cuda_context.h"
-#endif
 
 namespace kiln {
 
 namespace {
 
 bool has_glob_chars(const std::string& s) { return s.find_first_of("*?[") != std::string::npos; }
-
-// A contiguous tensor in `allocator`'s memory (pinned host memory for batches bound for a GPU,
-// as DataLoader does, so the copy to the device is a DMA straight from it).
-Tensor host_tensor(const Shape& shape, DType dtype, Allocator* allocator) {
-  const auto nbytes = static_cast<std::size_t>(shape_numel(shape)) * element_size(dtype);
-  auto storage = std::make_shared<Storage>(nbytes, kCPU, allocator);
-  return Tensor::make_view(std::move(storage), shape, contiguous_strides(shape), 0, dtype);
-}
 
 }  // namespace
 
@@ -50,7 +36,7 @@ std::vector<std::string> expand_shard_patterns(const std::vector<std::string>& p
 }
 
 TokenLoader::TokenLoader(const std::vector<std::string>& shards, TokenLoaderOptions options)
-    : options_(std::move(options)) {
+    : options_(std::move(options)), prefetcher_(options_.prefetch) {
   const TokenLoaderOptions& o = options_;
   KILN_CHECK(o.batch_size > 0, "TokenLoader: batch_size must be positive, got ", o.batch_size);
   KILN_CHECK(o.seq_len > 0, "TokenLoader: seq_len must be positive, got ", o.seq_len);
@@ -89,7 +75,7 @@ TokenLoader::TokenLoader(const std::vector<std::string>& shards, TokenLoaderOpti
   }
 }
 
-TokenLoader::~TokenLoader() { stop_worker(); }
+TokenLoader::~TokenLoader() { prefetcher_.stop(); }
 
 TokenLoader::Window TokenLoader::window_at(int64_t w) const {
   // The last shard whose first window is <= w.
@@ -109,10 +95,9 @@ Batch TokenLoader::build(int64_t position) {
     rows = std::clamp<int64_t>(total_windows_ - first, 0, B);
   }
 
-  Allocator* memory = o.device.is_cuda() ? pinned_host_allocator() : cpu_allocator();
   Batch b;
-  b.inputs = host_tensor({rows, T}, DType::i64, memory);
-  b.targets = host_tensor({rows, T}, DType::i64, memory);
+  b.inputs = batch_host_tensor({rows, T}, DType::i64, o.device);
+  b.targets = batch_host_tensor({rows, T}, DType::i64, o.device);
   b.indices.resize(static_cast<std::size_t>(rows));
   b.epoch = 0;
   b.index = position;
@@ -152,42 +137,22 @@ TokenLoader::Item TokenLoader::produce(int64_t& position) {
   return item;
 }
 
-Batch TokenLoader::to_device(Batch host) const {
-  if (options_.device.is_cpu()) return host;
-  Batch b = host;
-  b.inputs = host.inputs.to(options_.device);
-  b.targets = host.targets.to(options_.device);
-#ifdef KILN_WITH_CUDA
-  // The copies from pinned memory are asynchronous and the pinned buffers die with `host`.
-  cuda::DeviceGuard guard(options_.device.index);
-  KILN_CUDA_CHECK(cudaStreamSynchronize(cuda::current_stream(options_.device.index)));
-#endif
-  return b;
-}
-
 bool TokenLoader::next(Batch& out) {
   Item item;
   if (options_.prefetch == 0) {
     int64_t at = position_;
     item = produce(at);
   } else {
-    start_worker();
-    std::unique_lock<std::mutex> lock(mu_);
-    ready_.wait(lock, [&] { return !queue_.empty(); });
-    item = std::move(queue_.front());
-    queue_.pop_front();
-    lock.unlock();
-    space_.notify_one();
-    if (item.error) {
-      stop_worker();  // the thread ends after an error; the next call restarts it at position_
-      std::rethrow_exception(item.error);
-    }
-    if (item.end) {
-      stop_worker();  // the worker stopped at the end; reset() or set_state() restarts it
-    }
+    // The thread ends after an error (the next call restarts it at position_) or at the end of
+    // a pass (reset() or set_state() restarts it).
+    prefetcher_.start([this, at = position_](Item& built) mutable {
+      built = produce(at);
+      return !built.end;
+    });
+    item = prefetcher_.pop();
   }
   if (item.end) return false;
-  out = to_device(std::move(item.batch));
+  out = stage_to_device(std::move(item.batch), options_.device);
   position_ = out.index + 1;
   return true;
 }
@@ -195,47 +160,8 @@ bool TokenLoader::next(Batch& out) {
 void TokenLoader::set_state(int64_t position) {
   KILN_CHECK(position >= 0 && (options_.random || position <= num_batches_), "TokenLoader::set_state: ", position,
              " is not a batch position", options_.random ? "" : detail::str_cat(" (", num_batches_, " batches per pass)"));
-  stop_worker();
+  prefetcher_.stop();  // drops batches built for the old position
   position_ = position;
-}
-
-// ---- the prefetch thread
-
-void TokenLoader::start_worker() {
-  if (worker_.joinable()) return;
-  stop_ = false;
-  worker_ = std::thread(&TokenLoader::worker_loop, this, position_);
-}
-
-void TokenLoader::stop_worker() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
-  }
-  space_.notify_all();
-  if (worker_.joinable()) worker_.join();
-  queue_.clear();
-  stop_ = false;
-}
-
-void TokenLoader::worker_loop(int64_t position) {
-  for (;;) {
-    Item item;
-    try {
-      item = produce(position);
-    } catch (...) {
-      item.error = std::current_exception();
-    }
-    const bool last = item.error != nullptr || item.end;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      space_.wait(lock, [&] { return stop_ || static_cast<int64_t>(queue_.size()) < options_.prefetch; });
-      if (stop_) return;
-      queue_.push_back(std::move(item));
-    }
-    ready_.notify_one();
-    if (last) return;
-  }
 }
 
 }  // namespace kiln

@@ -24,17 +24,13 @@
 // out so all ranks run the same number of full batches.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
-#include <exception>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "core/device.h"
-#include "data/dataloader.h"  // Batch
+#include "data/dataloader.h"  // Batch, batch_host_tensor, stage_to_device
+#include "data/prefetcher.h"
 #include "data/token_shards.h"
 
 namespace kiln {
@@ -60,7 +56,7 @@ class TokenLoader {
   // `shards`: paths or glob patterns (expand_shard_patterns). Throws kiln::Error on a bad shard,
   // bad options, or when no shard holds a full window of seq_len + 1 tokens.
   TokenLoader(const std::vector<std::string>& shards, TokenLoaderOptions options);
-  ~TokenLoader();  // stops and joins the prefetch thread
+  ~TokenLoader();  // stops and joins the prefetch thread before the members it reads go
   TokenLoader(const TokenLoader&) = delete;
   TokenLoader& operator=(const TokenLoader&) = delete;
 
@@ -86,8 +82,7 @@ class TokenLoader {
  private:
   struct Item {
     Batch batch;
-    bool end = false;
-    std::exception_ptr error;
+    bool end = false;  // the end of a sequential pass
   };
   struct Window {
     int64_t shard;
@@ -97,10 +92,6 @@ class TokenLoader {
   Window window_at(int64_t w) const;  // the w-th window over all shards
   Batch build(int64_t position);       // a host batch; safe on the prefetch thread
   Item produce(int64_t& position);
-  Batch to_device(Batch host) const;
-  void start_worker();
-  void stop_worker();
-  void worker_loop(int64_t position);
 
   TokenLoaderOptions options_;
   std::vector<std::string> files_;
@@ -112,12 +103,8 @@ class TokenLoader {
   int64_t num_batches_ = 0;
   int64_t position_ = 0;
 
-  std::thread worker_;
-  std::mutex mu_;
-  std::condition_variable ready_;
-  std::condition_variable space_;
-  std::deque<Item> queue_;
-  bool stop_ = false;
+  // The prefetch thread; it stops after an error or the end of a pass.
+  Prefetcher<Item> prefetcher_;
 };
 
 }  // namespace kiln
