@@ -26,29 +26,17 @@
 #include "data/mnist.h"
 #include "data/sampler.h"
 #include "tests/expect_error.h"
+#include "tests/temp_files.h"
 #include "tests/gradcheck.h"
 
 namespace kiln {
 namespace {
 
 using testing::expect_error;
+using testing::TempDir;
 
 namespace fs = std::filesystem;
 using Bytes = std::vector<uint8_t>;
-
-// A fresh directory under /tmp, removed at the end of the test.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::temp_directory_path() /
-           ("kiln_test_data_" + std::to_string(getpid()) + "_" + info->test_suite_name() + "_" + info->name());
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 // The bytes of an IDX file: magic, big-endian sizes, data.
 Bytes idx_bytes(uint32_t magic, const std::vector<uint32_t>& dims, const Bytes& data) {

@@ -32,6 +32,7 @@
 #include "core/tensor.h"
 #include "tests/gradcheck.h"
 #include "tests/python_oracle.h"
+#include "tests/temp_files.h"
 #include "tools/io/atomic_file.h"
 #include "tools/io/checkpoint.h"
 #include "tools/io/crc32c.h"
@@ -45,6 +46,8 @@ namespace {
 namespace fs = std::filesystem;
 using namespace kiln::io;
 using nlohmann::json;
+using testing::read_file;
+using testing::write_file;
 
 // ---------------------------------------------------------------- helpers
 
@@ -60,15 +63,6 @@ class IoTest : public ::testing::Test {
   }
   fs::path dir_;
 };
-
-std::string read_bytes(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void write_bytes(const fs::path& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
 
 // A tensor's elements as contiguous bytes: what equality means for a file format.
 std::string bytes_of(const Tensor& t) {
@@ -125,7 +119,7 @@ json run_script(const std::string& python, const std::string& script, const std:
   const std::string cmd = "'" + python + "' '" + testing::parity_script(script).string() + "' " + args +
                           " 2>'" + err.string() + "'";
   const testing::CommandResult r = testing::run_command(cmd);
-  KILN_CHECK(r.ok, r.failure, "\nstderr:\n", read_bytes(err));
+  KILN_CHECK(r.ok, r.failure, "\nstderr:\n", read_file(err));
   return json::parse(r.output);
 }
 
@@ -255,7 +249,7 @@ TEST_F(IoTest, SafetensorsByteLayout) {
   save_safetensors(path, {{"a", from_vector(std::vector<float>{1, 2, 3}, {3})},
                           {"b", from_vector(std::vector<int64_t>{-1}, {1})}},
                    {{"k", "v"}});
-  const std::string file = read_bytes(path);
+  const std::string file = read_file(path);
   uint64_t n = 0;
   std::memcpy(&n, file.data(), 8);
   EXPECT_EQ(n % 8, 0u) << "header padded to 8 bytes";
@@ -339,10 +333,10 @@ TEST_F(IoTest, SafetensorsDamageGivesOneClearError) {
   const fs::path good = dir_ / "good.safetensors";
   save_safetensors(good, {{"w", from_vector(std::vector<float>{1, 2, 3, 4}, {2, 2})},
                           {"b", from_vector(std::vector<float>{5, 6}, {2})}});
-  const std::string bytes = read_bytes(good);
+  const std::string bytes = read_file(good);
   const fs::path bad = dir_ / "bad.safetensors";
   auto load_bad = [&](const std::string& contents, const std::vector<std::string>& parts) {
-    write_bytes(bad, contents);
+    write_file(bad, contents);
     std::vector<std::string> all = parts;
     all.push_back(bad.string());  // every error names the file
     return throws_with([&] { load_safetensors(bad); }, all);
@@ -415,13 +409,13 @@ TEST_F(IoTest, AtomicWriteReplacesWholeFileOrNothing) {
     AtomicFileWriter writer(path);
     writer.write("half of the new");
     EXPECT_TRUE(fs::exists(writer.temp_path()));
-    EXPECT_EQ(read_bytes(path), "old contents") << "target untouched before commit";
+    EXPECT_EQ(read_file(path), "old contents") << "target untouched before commit";
   }  // abandoned, as when an exception unwinds the stack
-  EXPECT_EQ(read_bytes(path), "old contents");
+  EXPECT_EQ(read_file(path), "old contents");
   expect_no_temporaries(dir_);
 
   write_file_atomic(path, "new");
-  EXPECT_EQ(read_bytes(path), "new");
+  EXPECT_EQ(read_file(path), "new");
   expect_no_temporaries(dir_);
 }
 
@@ -429,13 +423,13 @@ TEST_F(IoTest, AtomicWriteThatFailsMidwayKeepsTheOldFile) {
   const fs::path path = dir_ / "weights.safetensors";
   const Tensor old = from_vector(std::vector<float>{1, 2, 3}, {3});
   save_safetensors(path, {{"w", old}});
-  const std::string before = read_bytes(path);
+  const std::string before = read_file(path);
   {
     FileSizeLimit limit(1024);  // the new file needs 40 KB
     EXPECT_TRUE(throws_with([&] { save_safetensors(path, {{"w", zeros({10000})}}); },
                             {"cannot write", path.string()}));
   }
-  EXPECT_EQ(read_bytes(path), before);
+  EXPECT_EQ(read_file(path), before);
   expect_no_temporaries(dir_);
 }
 
@@ -472,7 +466,7 @@ TEST_F(IoTest, TensorBoardScalarEventBytes) {
   EXPECT_EQ(name.rfind("events.out.tfevents.", 0), 0u) << name;
   EXPECT_EQ(name.substr(name.size() - std::strlen(host)), host) << name;
 
-  const std::vector<std::string> records = tfrecords(read_bytes(path));
+  const std::vector<std::string> records = tfrecords(read_file(path));
   ASSERT_EQ(records.size(), 2u);
   // Record 1: 0x09 + wall_time (8 bytes), then file_version (field 3, wire type 2): key 0x1a,
   // length 13, "brain.Event:2".
@@ -548,7 +542,7 @@ TEST_F(IoTest, JsonlOneFlushedObjectPerLine) {
     log.write(b);
     // Flushed per line: another reader sees both lines while the writer is still open.
     EXPECT_EQ(read_jsonl(path), std::vector<json>({a, b}));
-    const std::string text = read_bytes(path);
+    const std::string text = read_file(path);
     EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 2) << "the newline in a string is escaped";
     log.write({{"step", 3}, {"loss", std::nan("")}});
     EXPECT_TRUE(throws_with([&] { log.write(json::array({1, 2})); }, {path.string(), "JSON object"}));
@@ -559,7 +553,7 @@ TEST_F(IoTest, JsonlOneFlushedObjectPerLine) {
   JsonlWriter(path, JsonlWriter::Mode::truncate).write({{"step", 0}});
   EXPECT_EQ(read_jsonl(path), std::vector<json>({{{"step", 0}}}));
 
-  write_bytes(path, "{\"step\": 1}\n{\"step\": \n");
+  write_file(path, "{\"step\": 1}\n{\"step\": \n");
   EXPECT_TRUE(throws_with([&] { read_jsonl(path); }, {path.string() + ":2", "not valid JSON"}));
 }
 
@@ -609,7 +603,7 @@ TEST_F(IoTest, CheckpointRoundTripsEverythingAndRecordsTheDataChecksum) {
   const SafetensorsContents file = load_safetensors(path);
   EXPECT_EQ(file.tensors[0].first, "model.fc1.weight");
   EXPECT_EQ(file.tensors[3].first, "optim.fc1.weight.exp_avg");
-  const std::string raw = read_bytes(path);
+  const std::string raw = read_file(path);
   uint64_t n = 0;
   std::memcpy(&n, raw.data(), 8);
   char hex[9];
@@ -644,11 +638,11 @@ TEST_F(IoTest, LatestValidCheckpointSkipsATruncatedOneWithAWarning) {
   save_checkpoint(dir_, 9, sample_checkpoint(1.0), 0);   // 9 < 10 < 200: numeric, not text, order
   save_checkpoint(dir_, 10, sample_checkpoint(2.0), 0);
   const fs::path newest = save_checkpoint(dir_, 200, sample_checkpoint(3.0), 0);
-  write_bytes(dir_ / "ckpt-300.safetensors.tmp.4242", "a crashed save");  // not a checkpoint
+  write_file(dir_ / "ckpt-300.safetensors.tmp.4242", "a crashed save");  // not a checkpoint
   EXPECT_EQ(latest_valid_checkpoint(dir_), newest);
 
-  const std::string bytes = read_bytes(newest);
-  write_bytes(newest, bytes.substr(0, bytes.size() - 10));
+  const std::string bytes = read_file(newest);
+  write_file(newest, bytes.substr(0, bytes.size() - 10));
   ::testing::internal::CaptureStderr();
   const auto found = latest_valid_checkpoint(dir_);
   const std::string warning = ::testing::internal::GetCapturedStderr();
@@ -660,9 +654,9 @@ TEST_F(IoTest, LatestValidCheckpointSkipsATruncatedOneWithAWarning) {
 
 TEST_F(IoTest, CheckpointWithAFlippedByteFailsItsChecksum) {
   const fs::path path = save_checkpoint(dir_, 7, sample_checkpoint(1.0), 0);
-  std::string bytes = read_bytes(path);
+  std::string bytes = read_file(path);
   bytes[bytes.size() - 5] ^= 0x10;  // inside the last tensor's data
-  write_bytes(path, bytes);
+  write_file(path, bytes);
   EXPECT_TRUE(throws_with([&] { load_checkpoint(path); }, {path.string(), "checksum mismatch", "corrupt"}));
   ::testing::internal::CaptureStderr();
   EXPECT_EQ(latest_valid_checkpoint(dir_), std::nullopt);
@@ -677,14 +671,14 @@ TEST_F(IoTest, FailedCheckpointSaveLeavesPreviousCheckpointsIntact) {
   const CheckpointContents small = sample_checkpoint(1.0);
   save_checkpoint(dir_, 5, small, 0);
   save_checkpoint(dir_, 6, small, 0);
-  const std::string before = read_bytes(checkpoint_path(dir_, 6));
+  const std::string before = read_file(checkpoint_path(dir_, 6));
   CheckpointContents big = sample_checkpoint(2.0);
   big.model.emplace_back("embedding", zeros({256, 64}));  // 64 KB
   {
     FileSizeLimit limit(4096);
     EXPECT_TRUE(throws_with([&] { save_checkpoint(dir_, 6, big, 1); }, {"ckpt-6.safetensors"}));
   }
-  EXPECT_EQ(read_bytes(checkpoint_path(dir_, 6)), before) << "old file replaced by a failed save";
+  EXPECT_EQ(read_file(checkpoint_path(dir_, 6)), before) << "old file replaced by a failed save";
   EXPECT_EQ(steps_in(dir_), (std::vector<int64_t>{5, 6})) << "keep_last_k ran after a failed save";
   expect_no_temporaries(dir_);
   EXPECT_EQ(latest_valid_checkpoint(dir_), checkpoint_path(dir_, 6));

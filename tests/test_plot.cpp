@@ -3,44 +3,29 @@
 // the file's name when metrics.jsonl is missing or malformed. Runs Debian's /usr/bin/python3; the
 // plotting cases skip when it cannot import matplotlib (scripts/setup.sh installs python3-matplotlib).
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <array>
-#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
+
+#include "tests/python_oracle.h"
+#include "tests/temp_files.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 const char* kPython = "/usr/bin/python3";
 
-struct Result {
-  int code = -1;
-  std::string output;  // stdout and stderr together
-};
+using Result = kiln::testing::CommandResult;
+using kiln::testing::write_file;
 
 // Runs `/usr/bin/python3 tools/plot.py ARGS`.
 Result run_plot(const std::string& args) {
   const char* src = std::getenv("KILN_SOURCE_DIR");
   const fs::path script = fs::path(src ? src : ".") / "tools" / "plot.py";
-  const std::string cmd = std::string(kPython) + " '" + script.string() + "' " + args + " 2>&1";
-  Result r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
-  const int status = pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-void write_file(const fs::path& p, const std::string& text) {
-  std::ofstream(p, std::ios::binary) << text;
+  return kiln::testing::run_command(std::string(kPython) + " '" + script.string() + "' " + args + " 2>&1");
 }
 
 // A real PNG: the 8-byte signature and more than a header's worth of bytes.
@@ -93,7 +78,7 @@ TEST_F(PlotTest, WritesThePlotsIntoTheRunDirectory) {
   const fs::path run = dir_ / "run";
   write_file(run / "metrics.jsonl", kMetrics);
   const Result r = run_plot("'" + run.string() + "'");
-  ASSERT_EQ(r.code, 0) << r.output;
+  ASSERT_EQ(r.exit_code, 0) << r.output;
   for (const char* name : {"loss.png", "accuracy.png", "lr.png"}) {
     EXPECT_TRUE(is_png(run / name)) << name << " missing or not a PNG; output:\n" << r.output;
     EXPECT_NE(r.output.find((run / name).string()), std::string::npos) << r.output;
@@ -105,7 +90,7 @@ TEST_F(PlotTest, OutWritesThePlotsElsewhere) {
   const fs::path run = dir_ / "run", out = dir_ / "plots" / "nested";
   write_file(run / "metrics.jsonl", kMetrics);
   const Result r = run_plot("'" + run.string() + "' --out '" + out.string() + "'");
-  ASSERT_EQ(r.code, 0) << r.output;
+  ASSERT_EQ(r.exit_code, 0) << r.output;
   for (const char* name : {"loss.png", "accuracy.png", "lr.png"}) {
     EXPECT_TRUE(is_png(out / name)) << name << "; output:\n" << r.output;
     EXPECT_FALSE(fs::exists(run / name)) << name;
@@ -120,7 +105,7 @@ TEST_F(PlotTest, SkipsAccuracyBeforeTheFirstEvaluation) {
 {"step":30,"train/loss":1.2,"train/lr":0.0008}
 )");  // kiln writes a NaN loss as null: plotted as a gap, not an error
   const Result r = run_plot("'" + run.string() + "'");
-  ASSERT_EQ(r.code, 0) << r.output;
+  ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_TRUE(is_png(run / "loss.png")) << r.output;
   EXPECT_TRUE(is_png(run / "lr.png")) << r.output;
   EXPECT_FALSE(fs::exists(run / "accuracy.png"));
@@ -130,7 +115,7 @@ TEST_F(PlotTest, SkipsAccuracyBeforeTheFirstEvaluation) {
 // The error cases fail before matplotlib is imported, so they run without it.
 TEST_F(PlotTest, MissingMetricsFailsNamingTheFile) {
   const Result r = run_plot("'" + (dir_ / "run").string() + "'");
-  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find((dir_ / "run" / "metrics.jsonl").string() + ": not found"), std::string::npos)
       << r.output;
 }
@@ -147,7 +132,7 @@ TEST_F(PlotTest, MalformedMetricsFailsNamingFileAndLine) {
   for (const auto& [text, expected] : cases) {
     write_file(file, text);
     const Result r = run_plot("'" + (dir_ / "run").string() + "'");
-    EXPECT_EQ(r.code, 1) << text << "\n" << r.output;
+    EXPECT_EQ(r.exit_code, 1) << text << "\n" << r.output;
     EXPECT_NE(r.output.find(file.string() + expected), std::string::npos) << text << "\n" << r.output;
     EXPECT_EQ(r.output.find("Traceback"), std::string::npos) << r.output;
   }

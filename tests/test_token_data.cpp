@@ -18,25 +18,14 @@
 #include "data/token_loader.h"
 #include "data/token_shards.h"
 #include "tests/expect_error.h"
+#include "tests/temp_files.h"
 
 namespace kiln {
 namespace {
 
 using testing::expect_error;
+using testing::TempDir;
 namespace fs = std::filesystem;
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::temp_directory_path() /
-           ("kiln_test_token_data_" + std::to_string(getpid()) + "_" + info->test_suite_name() + "_" + info->name());
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 // 0, 1, 2, ... so a token's value is its global position plus `base`.
 std::vector<int32_t> iota_tokens(int64_t n, int32_t base = 0) {

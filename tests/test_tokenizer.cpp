@@ -24,37 +24,17 @@
 #include "tests/expect_error.h"
 #include "tests/kiln_cli.h"
 #include "tests/python_oracle.h"
+#include "tests/temp_files.h"
 
 namespace kiln {
 namespace {
 
 using testing::expect_error;
+using testing::read_file;
+using testing::TempDir;
+using testing::write_file;
 namespace fs = std::filesystem;
 using Merge = BpeTokenizer::Merge;
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::temp_directory_path() /
-           ("kiln_test_tokenizer_" + std::to_string(getpid()) + "_" + info->test_suite_name() + "_" + info->name());
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
-
-void write_file(const std::string& path, const std::string& text) {
-  std::ofstream(path, std::ios::binary) << text;
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::ostringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
 
 std::vector<std::string> pieces(std::string_view text) {
   std::vector<std::string> out;

@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "tests/kiln_cli.h"
+#include "tests/temp_files.h"
 #include "tools/config.h"
 #include "tools/io/checkpoint.h"
 #include "tools/io/jsonl.h"
@@ -20,6 +21,7 @@ namespace kiln {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::read_file;
 const char* kDataDir = "/usr/share/datasets/fashion-mnist";
 
 class TrainTest : public ::testing::Test {
@@ -48,13 +50,6 @@ class TrainTest : public ::testing::Test {
 
   fs::path dir_;
 };
-
-std::string file_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 TEST_F(TrainTest, LossFallsAndAccuracyRises) {
   const TrainSummary s = train(tiny("run"));
@@ -138,7 +133,7 @@ TEST_F(TrainTest, TruncatedIdxFileNamesTheFile) {
   fs::create_directories(data);
   for (const auto& e : fs::directory_iterator(kDataDir)) fs::copy(e.path(), data / e.path().filename());
   const fs::path victim = data / "train-labels-idx1-ubyte.gz";
-  const std::string bytes = file_bytes(victim);
+  const std::string bytes = read_file(victim);
   std::ofstream(victim, std::ios::binary | std::ios::trunc).write(bytes.data(), bytes.size() / 2);
   Config cfg = tiny("run");
   cfg.set_override("data.dir=" + data.string());
@@ -153,7 +148,7 @@ TEST_F(TrainTest, TruncatedIdxFileNamesTheFile) {
 TEST_F(TrainTest, CorruptCheckpointIsRefusedAndLeftAlone) {
   const TrainSummary s = train(tiny("run"));
   const fs::path ckpt = io::checkpoint_path(s.run_dir / "checkpoints", 40);
-  std::string bytes = file_bytes(ckpt);
+  std::string bytes = read_file(ckpt);
   bytes[bytes.size() - 10] ^= 0x5a;  // one flipped bit pattern in the weights
   std::ofstream(ckpt, std::ios::binary | std::ios::trunc).write(bytes.data(), bytes.size());
 
@@ -165,7 +160,7 @@ TEST_F(TrainTest, CorruptCheckpointIsRefusedAndLeftAlone) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(ckpt.string()), std::string::npos) << e.what();
   }
-  EXPECT_EQ(file_bytes(ckpt), bytes) << "the corrupt checkpoint was modified";
+  EXPECT_EQ(read_file(ckpt), bytes) << "the corrupt checkpoint was modified";
 
   // With resume=auto the corrupt newest checkpoint is skipped for the older valid one.
   cfg = tiny("run");
@@ -177,7 +172,7 @@ TEST_F(TrainTest, CorruptCheckpointIsRefusedAndLeftAlone) {
 TEST_F(TrainTest, ShapeMismatchedCheckpointNamesKeyAndShapes) {
   const TrainSummary s = train(tiny("run"));
   const fs::path ckpt = io::checkpoint_path(s.run_dir / "checkpoints", 40);
-  const std::string before = file_bytes(ckpt);
+  const std::string before = read_file(ckpt);
   Config cfg = tiny("run");
   cfg.set_override("model.hidden_sizes=[48]");
   try {
@@ -187,7 +182,7 @@ TEST_F(TrainTest, ShapeMismatchedCheckpointNamesKeyAndShapes) {
     const std::string msg = e.what();
     EXPECT_NE(msg.find("1.weight: checkpoint has [32, 784], model has [48, 784]"), std::string::npos) << msg;
   }
-  EXPECT_EQ(file_bytes(ckpt), before);
+  EXPECT_EQ(read_file(ckpt), before);
 }
 
 // Ctrl-C (SIGINT) mid-run: a checkpoint at the current step, exit code 130, and a resume that
