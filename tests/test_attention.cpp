@@ -18,6 +18,7 @@
 #include "core/autocast.h"
 #include "core/autograd.h"
 #include "core/ops.h"
+#include "tests/attention_testing.h"
 #include "tests/expect_error.h"
 #include "tests/gradcheck.h"
 #include "tests/npy.h"
@@ -26,8 +27,10 @@
 namespace kiln {
 namespace {
 
+using testing::backend_name;
 using testing::expect_error;
 using testing::gradcheck;
+using testing::kAttentionBackends;
 using testing::rand_input;
 
 // Reference attention in double, straight from the definition, for [B, H, Tq, D] values.
@@ -64,15 +67,6 @@ Tensor sdpa(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, Atte
   return scaled_dot_product_attention(q, k, v, causal, b);
 }
 
-const char* backend_name(AttentionBackend b) {
-  switch (b) {
-    case AttentionBackend::naive: return "naive";
-    case AttentionBackend::flash: return "flash";
-    case AttentionBackend::batched: return "batched";
-  }
-  return "?";
-}
-
 struct Case {
   int64_t B, H, Tq, Tk, D;
   bool causal;
@@ -97,7 +91,7 @@ TEST(Attention, EveryBackendMatchesTheDefinition) {
     const std::vector<double> want = ref_attention(q.to_vector<double>(), k.to_vector<double>(),
                                                    v.to_vector<double>(), c.B * c.H, c.Tq, c.Tk, c.D,
                                                    c.causal);
-    for (AttentionBackend b : {AttentionBackend::naive, AttentionBackend::flash, AttentionBackend::batched}) {
+    for (AttentionBackend b : kAttentionBackends) {
       for (DType dtype : {DType::f64, DType::f32}) {
         const Tensor out = sdpa(q.to(dtype), k.to(dtype), v.to(dtype), c.causal, b);
         ASSERT_EQ(out.shape(), (Shape{c.B, c.H, c.Tq, c.D}));
@@ -133,7 +127,7 @@ TEST(Attention, NonContiguousInputs) {
   const Tensor v = qkv.select(2, 2).permute({0, 2, 1, 3});
   ASSERT_FALSE(q.is_contiguous());
   const Tensor want = sdpa(q.contiguous(), k.contiguous(), v.contiguous(), true, AttentionBackend::naive);
-  for (AttentionBackend b : {AttentionBackend::naive, AttentionBackend::flash, AttentionBackend::batched})
+  for (AttentionBackend b : kAttentionBackends)
     EXPECT_LE(max_abs_diff(sdpa(q, k, v, true, b), want), 1e-12) << backend_name(b);
 }
 

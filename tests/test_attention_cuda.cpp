@@ -23,6 +23,7 @@
 #include "core/autocast.h"
 #include "core/autograd.h"
 #include "core/ops.h"
+#include "tests/attention_testing.h"
 #include "tests/cuda_compare.h"
 #include "tests/expect_error.h"
 #include "tests/gradcheck.h"
@@ -30,21 +31,11 @@
 namespace kiln {
 namespace {
 
+using testing::backend_name;
+using testing::kAttentionBackends;
 using testing::kCuda;
 using testing::max_abs;
 using testing::randn_cpu;
-
-const char* backend_name(AttentionBackend b) {
-  switch (b) {
-    case AttentionBackend::naive: return "naive";
-    case AttentionBackend::flash: return "flash";
-    case AttentionBackend::batched: return "batched";
-  }
-  return "?";
-}
-
-constexpr AttentionBackend kBackends[] = {AttentionBackend::naive, AttentionBackend::flash,
-                                          AttentionBackend::batched};
 
 struct Case {
   int64_t B, H, Tq, Tk, D;
@@ -90,7 +81,7 @@ void check_case(const Case& c, uint64_t seed) {
                             in.g.to(DType::f64), c.causal, AttentionBackend::naive);
     Results cpu_low;  // the CPU naive backend in bf16: what bf16 rounding alone costs
     if (dtype == DType::bf16) cpu_low = run(in.q, in.k, in.v, in.g, c.causal, AttentionBackend::naive);
-    for (AttentionBackend b : kBackends) {
+    for (AttentionBackend b : kAttentionBackends) {
       const Results got = on_cuda(in, c, b);
       for (int i = 0; i < 4; ++i) {
         const std::string what = std::string(backend_name(b)) + " " + std::string(dtype_name(dtype)) + " " +
@@ -138,7 +129,7 @@ TEST(AttentionCuda, Autocast) {
   KILN_SKIP_WITHOUT_CUDA();
   const Tensor q = randn_cpu({1, 2, 40, 64}, 950, DType::f32).to(kCuda);
   const Tensor want = scaled_dot_product_attention(q.cpu(), q.cpu(), q.cpu(), true);
-  for (AttentionBackend b : kBackends) {
+  for (AttentionBackend b : kAttentionBackends) {
     const Tensor x = q.detach().requires_grad_();
     Tensor out;
     {
