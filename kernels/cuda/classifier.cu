@@ -16,61 +16,22 @@
 #include "core/cuda_context.h"
 #include "core/dispatch/transformer.h"
 #include "kernels/cuda/block_reduce.cuh"
+#include "kernels/cuda/online_softmax.cuh"
 #include "kernels/cuda/vector_access.cuh"
 #include "kernels/transformer_common.h"
 
 namespace kiln {
 namespace {
 
+using cuda::exp_;
 using cuda::kWarp;
 using cuda::load_vec;
+using cuda::log_;
+using cuda::MergeSoftmaxStats;
+using cuda::SoftmaxStats;
 using cuda::store_vec;
 constexpr int kThreads = 512;
 constexpr int64_t kMaxBlocks = 1 << 20;
-
-__device__ __forceinline__ float exp_(float x) { return expf(x); }
-__device__ __forceinline__ double exp_(double x) { return ::exp(x); }
-__device__ __forceinline__ float log_(float x) { return logf(x); }
-__device__ __forceinline__ double log_(double x) { return ::log(x); }
-
-template <class A>
-__device__ __forceinline__ A neg_inf() {
-  return -std::numeric_limits<A>::infinity();
-}
-
-// Running (max, sum of exp(x - max)) of part of a row.
-template <class A>
-struct SoftmaxStats {
-  A max;
-  A sum;
-};
-
-template <class A>
-__device__ __forceinline__ void add_value(SoftmaxStats<A>& s, A v) {
-  if (v > s.max) {
-    s.sum = s.sum * exp_(s.max - v) + A(1);  // exp(-inf) = 0 for the first value
-    s.max = v;
-  } else {
-    s.sum += v == neg_inf<A>() ? A(0) : exp_(v - s.max);  // NaN propagates
-  }
-}
-
-struct MergeSoftmaxStats {
-  template <class A>
-  __device__ SoftmaxStats<A> operator()(SoftmaxStats<A> a, SoftmaxStats<A> b) const {
-    const A m = a.max > b.max ? a.max : b.max;
-    if (m == neg_inf<A>()) return {m, A(0)};
-    const A ea = a.max == neg_inf<A>() ? A(0) : a.sum * exp_(a.max - m);
-    const A eb = b.max == neg_inf<A>() ? A(0) : b.sum * exp_(b.max - m);
-    return {m, ea + eb};
-  }
-};
-
-// For the warp and block reductions of block_reduce.cuh.
-template <class A>
-__device__ __forceinline__ SoftmaxStats<A> shfl_xor(SoftmaxStats<A> v, int mask) {
-  return {cuda::shfl_xor(v.max, mask), cuda::shfl_xor(v.sum, mask)};
-}
 
 template <class T, class Idx, int kVec>
 __global__ void fused_cross_entropy_kernel(opmath_t<T>* __restrict__ losses, T* __restrict__ dlogits,
@@ -95,7 +56,7 @@ __global__ void fused_cross_entropy_kernel(opmath_t<T>* __restrict__ losses, T* 
       if (threadIdx.x == 0) losses[row] = fill[0];
       continue;
     }
-    SoftmaxStats<A> st{neg_inf<A>(), A(0)};
+    SoftmaxStats<A> st = cuda::empty_softmax_stats<A>();
     for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
       A v[kVec];
       load_vec<kVec>(x, i, v);
@@ -103,8 +64,8 @@ __global__ void fused_cross_entropy_kernel(opmath_t<T>* __restrict__ losses, T* 
       for (int k = 0; k < kVec; ++k)
         if (i * kVec + k < valid) add_value(st, v[k]);
     }
-    st = cuda::block_reduce(st, MergeSoftmaxStats{}, SoftmaxStats<A>{neg_inf<A>(), A(0)}, scratch);
-    const A lse = st.max + log_(st.sum);
+    st = cuda::block_reduce(st, MergeSoftmaxStats{}, cuda::empty_softmax_stats<A>(), scratch);
+    const A lse = st.max + log_(st.sum_exp);
     if (threadIdx.x == 0) losses[row] = lse - static_cast<A>(x[t]);
     if (!d) continue;  // evaluation: no gradient wanted
     for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {

@@ -20,14 +20,18 @@
 #include "core/cuda_context.h"
 #include "core/dispatch/softmax.h"
 #include "kernels/cuda/block_reduce.cuh"
+#include "kernels/cuda/online_softmax.cuh"
 #include "kernels/cuda/vector_access.cuh"
 #include "kernels/softmax_common.h"
 
 namespace kiln {
 namespace {
 
+using cuda::exp_;
 using cuda::kWarp;
 using cuda::load_vec;
+using cuda::log_;
+using cuda::neg_inf;
 using cuda::store_vec;
 using cuda::vec_width;
 using cuda::with_vec_width;
@@ -48,57 +52,36 @@ int row_threads(int64_t classes) {
   return static_cast<int>(std::clamp<int64_t>(next_pow2(ceil_div(classes, 8)), kWarp, 512));
 }
 
-__device__ __forceinline__ float exp_(float x) { return expf(x); }
-__device__ __forceinline__ double exp_(double x) { return ::exp(x); }
-__device__ __forceinline__ float log_(float x) { return logf(x); }
-__device__ __forceinline__ double log_(double x) { return ::log(x); }
-
-template <class A>
-__device__ __forceinline__ A neg_inf() {
-  return -std::numeric_limits<A>::infinity();
-}
-
 // ------------------------------------------------------------------ row statistics
-// (max, sum of exp(x - max)) over part of a row, plus the plain sum of x that label
-// smoothing needs. Merging two parts rescales each sum to the larger max.
+// The online (max, sum of exp(x - max)) of kernels/cuda/online_softmax.cuh over part of a
+// row, plus the plain sum of x that label smoothing needs.
 template <class A>
-struct RowStats {
-  A max;
-  A sum_exp;
+struct RowStats : cuda::SoftmaxStats<A> {
   A sum;
 };
 
 template <class A>
 __device__ __forceinline__ RowStats<A> empty_stats() {
-  return {neg_inf<A>(), A(0), A(0)};
+  return {cuda::empty_softmax_stats<A>(), A(0)};
 }
 
 template <class A>
 __device__ __forceinline__ void add_value(RowStats<A>& s, A v) {
-  if (v > s.max) {
-    s.sum_exp = s.sum_exp * exp_(s.max - v) + A(1);  // exp(-inf) = 0 for the first value
-    s.max = v;
-  } else {
-    s.sum_exp += v == neg_inf<A>() ? A(0) : exp_(v - s.max);  // NaN propagates
-  }
+  cuda::add_value(static_cast<cuda::SoftmaxStats<A>&>(s), v);
   s.sum += v;
 }
 
 struct MergeStats {
   template <class A>
   __device__ RowStats<A> operator()(RowStats<A> a, RowStats<A> b) const {
-    const A m = a.max > b.max ? a.max : b.max;
-    if (m == neg_inf<A>()) return {m, A(0), a.sum + b.sum};
-    const A ea = a.max == neg_inf<A>() ? A(0) : a.sum_exp * exp_(a.max - m);
-    const A eb = b.max == neg_inf<A>() ? A(0) : b.sum_exp * exp_(b.max - m);
-    return {m, ea + eb, a.sum + b.sum};
+    return {cuda::MergeSoftmaxStats{}(a, b), a.sum + b.sum};
   }
 };
 
 // Moves all three fields between lanes, for the warp and block reductions of block_reduce.cuh.
 template <class A>
 __device__ __forceinline__ RowStats<A> shfl_xor(RowStats<A> v, int mask) {
-  return {cuda::shfl_xor(v.max, mask), cuda::shfl_xor(v.sum_exp, mask), cuda::shfl_xor(v.sum, mask)};
+  return {cuda::shfl_xor(static_cast<cuda::SoftmaxStats<A>>(v), mask), cuda::shfl_xor(v.sum, mask)};
 }
 
 // ------------------------------------------------------------------ softmax forward
