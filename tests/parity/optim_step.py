@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""PyTorch reference for the optimizer and schedule tests in tests/test_optim.cpp.
+"""PyTorch reference for the optimizer and schedule tests in tests/test_optim_parity.cpp.
 
 Usage: optim_step.py IN.json OUT.txt
 
