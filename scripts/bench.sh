@@ -5,6 +5,7 @@
 set -euo pipefail
 shopt -s nullglob
 cd "$(dirname "$0")/.."
+source scripts/report_lib.sh
 py=/usr/bin/python3
 [[ -x $py ]] || py=python3
 
@@ -39,14 +40,7 @@ cpu=$(lscpu | sed -n 's/^Model name: *//p')
     "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo
   "$py" scripts/bench_table.py "$out"/*.json
-  for text in "$out"/*.txt; do
-    echo
-    echo "### $(basename "$text" .txt)"
-    echo
-    echo '```'
-    cat "$text"
-    echo '```'
-  done
+  md_text_sections "$out"/*.txt
 } >"$md"
 echo "bench.sh: wrote $md"
 exit $failed

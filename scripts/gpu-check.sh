@@ -13,6 +13,7 @@
 set -euo pipefail
 shopt -s nullglob
 cd "$(dirname "$0")/.."
+source scripts/report_lib.sh
 py=/usr/bin/python3
 [[ -x $py ]] || py=python3
 
@@ -202,14 +203,7 @@ mkdir -p bench/results
   echo "## Benchmarks"
   echo
   if ((${#jsons[@]})); then "$py" scripts/bench_table.py --strict "${jsons[@]}" || failed=1; else echo "(none ran)"; fi
-  for text in "${texts[@]}"; do
-    echo
-    echo "### $(basename "$text" .txt)"
-    echo
-    echo '```'
-    cat "$text"
-    echo '```'
-  done
+  md_text_sections "${texts[@]}"
   if [[ -s $gpt2_md ]]; then
     echo
     echo "## GPT-2 training, kiln vs PyTorch (from $gpt2_md)"
