@@ -186,5 +186,9 @@ enum class AttentionBackend : uint8_t { naive, flash, batched };
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool is_causal,
                                     AttentionBackend backend = AttentionBackend::naive);
 AttentionBackend parse_attention_backend(const std::string& name);  // "naive", "flash", "batched"
+// [Tq, Tk] bool on `device`, true where key j is in the future of query i, whose position is
+// past + i (j > past + i): the mask is_causal applies (past = 0), or a query chunk after `past`
+// cached positions.
+Tensor causal_mask(int64_t Tq, int64_t Tk, Device device, int64_t past = 0);
 
 }  // namespace kiln

@@ -134,10 +134,7 @@ Tensor CausalSelfAttention::attend(const Tensor& q, const Tensor& k, const Tenso
   if (!drop && Tq == 1) return scaled_dot_product_attention(q, k, v, /*is_causal=*/false, backend_);
   // Attention dropout needs the probabilities, which the fused backends never form, and a
   // prompt chunk after cached positions needs a shifted mask: spell it out.
-  // Key j is in the future of query i (position past + i) when j > past + i; built on the device.
-  const TensorOptions index{.dtype = DType::i64, .device = q.device()};
-  const Tensor future = gt(arange(0, static_cast<double>(Tk), 1, index).view({1, Tk}),
-                           arange(static_cast<double>(past), static_cast<double>(past + Tq), 1, index).view({Tq, 1}));
+  const Tensor future = causal_mask(Tq, Tk, q.device(), past);
   const Tensor minus_inf = scalar_tensor(-std::numeric_limits<double>::infinity(), q.options());
   Tensor att = matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(q.size(3))));
   att = softmax(where(future, minus_inf, att), -1);

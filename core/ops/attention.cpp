@@ -57,14 +57,6 @@ AttentionShape check_attention_args(const Tensor& q, const Tensor& k, const Tens
   return s;
 }
 
-// [Tq, Tk] bool, true where key j is in the future of query i (j > i). Built on the device
-// from two index vectors, so no T^2 host loop or copy.
-Tensor causal_mask(int64_t Tq, int64_t Tk, Device device) {
-  const TensorOptions index{.dtype = DType::i64, .device = device};
-  return gt(arange(0, static_cast<double>(Tk), 1, index).view({1, Tk}),
-            arange(0, static_cast<double>(Tq), 1, index).view({Tq, 1}));
-}
-
 Tensor naive_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale) {
   Tensor scores = mul(matmul(q, k.transpose(2, 3)), scale);
   if (causal) {
@@ -157,6 +149,13 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
       return batched_attention(q, k, v, is_causal, scale, s);
   }
   KILN_FAIL("scaled_dot_product_attention: unknown backend ", static_cast<int>(backend));
+}
+
+// Built on the device from two index vectors, so no T^2 host loop or copy.
+Tensor causal_mask(int64_t Tq, int64_t Tk, Device device, int64_t past) {
+  const TensorOptions index{.dtype = DType::i64, .device = device};
+  return gt(arange(0, static_cast<double>(Tk), 1, index).view({1, Tk}),
+            arange(static_cast<double>(past), static_cast<double>(past + Tq), 1, index).view({Tq, 1}));
 }
 
 AttentionBackend parse_attention_backend(const std::string& name) {
