@@ -13,6 +13,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -24,6 +25,8 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -135,8 +138,47 @@ int free_port() {
   return ntohs(a.sin_port);
 }
 
-[[noreturn]] void exec_child(const LaunchOptions& o, int local_rank, int port, int out_fd, int err_fd) {
+// What one rank's exec needs, built before fork(): the child of a fork may only make
+// async-signal-safe calls, so it allocates nothing and formats nothing.
+struct ChildExec {
+  std::vector<std::string> env_storage;
+  std::vector<char*> envp, argv;
+  std::string exec_error;  // written when execvpe fails, followed by strerror's text
+
+  ChildExec(const LaunchOptions& o, int local_rank, int port) {
+    const int rank = o.node_rank * o.nproc + local_rank;
+    const std::pair<const char*, std::string> vars[] = {
+        {"RANK", std::to_string(rank)},
+        {"WORLD_SIZE", std::to_string(o.nnodes * o.nproc)},
+        {"LOCAL_RANK", std::to_string(local_rank)},
+        {"LOCAL_WORLD_SIZE", std::to_string(o.nproc)},
+        {"GROUP_RANK", std::to_string(o.node_rank)},
+        {"MASTER_ADDR", o.master_addr},
+        {"MASTER_PORT", std::to_string(port)},
+        {"KILN_DIST_BACKEND", o.backend},
+    };
+    for (char** e = environ; *e; ++e) {
+      const std::string_view entry(*e);
+      const std::string_view name = entry.substr(0, entry.find('='));
+      bool replaced = false;
+      for (const auto& [var, value] : vars) replaced |= name == var;
+      if (!replaced) env_storage.emplace_back(entry);
+    }
+    for (const auto& [var, value] : vars) env_storage.push_back(std::string(var) + "=" + value);
+    for (std::string& e : env_storage) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    for (const std::string& a : o.command) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    exec_error = "kiln launch: cannot run " + o.command[0] + ": ";
+  }
+};
+
+[[noreturn]] void exec_child(const ChildExec& x, pid_t launcher, int out_fd, int err_fd) {
   setpgid(0, 0);
+  // The rank must not outlive a launcher killed outright (SIGKILL leaves no chance to stop
+  // it): it lives in its own process group, so nothing else would reach it.
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != launcher) _exit(128 + SIGKILL);  // the launcher died before prctl
   // Default dispositions and an empty mask for the command, whatever the launcher set.
   signal(SIGINT, SIG_DFL);
   signal(SIGTERM, SIG_DFL);
@@ -148,21 +190,11 @@ int free_port() {
   if (devnull >= 0) dup2(devnull, STDIN_FILENO);  // a background process group must not read the tty
   dup2(out_fd, STDOUT_FILENO);
   dup2(err_fd, STDERR_FILENO);
-  const int rank = o.node_rank * o.nproc + local_rank;
-  setenv("RANK", std::to_string(rank).c_str(), 1);
-  setenv("WORLD_SIZE", std::to_string(o.nnodes * o.nproc).c_str(), 1);
-  setenv("LOCAL_RANK", std::to_string(local_rank).c_str(), 1);
-  setenv("LOCAL_WORLD_SIZE", std::to_string(o.nproc).c_str(), 1);
-  setenv("GROUP_RANK", std::to_string(o.node_rank).c_str(), 1);
-  setenv("MASTER_ADDR", o.master_addr.c_str(), 1);
-  setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
-  setenv("KILN_DIST_BACKEND", o.backend.c_str(), 1);
-  std::vector<char*> argv;
-  for (const std::string& a : o.command) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  execvp(argv[0], argv.data());
-  const std::string msg = "kiln launch: cannot run " + o.command[0] + ": " + std::strerror(errno) + "\n";
-  write_all(STDERR_FILENO, msg.data(), msg.size());
+  execvpe(x.argv[0], x.argv.data(), x.envp.data());
+  const char* why = strerrordesc_np(errno);
+  write_all(STDERR_FILENO, x.exec_error.data(), x.exec_error.size());
+  if (why) write_all(STDERR_FILENO, why, std::strlen(why));
+  write_all(STDERR_FILENO, "\n", 1);
   _exit(127);
 }
 
@@ -192,23 +224,46 @@ int run_launch(LaunchOptions o) {
   signal(SIGPIPE, SIG_IGN);  // a closed stdout must not kill the launcher before its children
 
   std::vector<Child> children(static_cast<size_t>(o.nproc));
-  for (int i = 0; i < o.nproc; ++i) {
-    Child& c = children[static_cast<size_t>(i)];
-    c.rank = o.node_rank * o.nproc + i;
-    int out[2], err[2];
-    KILN_CHECK(pipe2(out, O_CLOEXEC) == 0 && pipe2(err, O_CLOEXEC) == 0, "kiln launch: pipe(): ",
-               std::strerror(errno));
-    const pid_t pid = fork();
-    KILN_CHECK(pid >= 0, "kiln launch: fork(): ", std::strerror(errno));
-    if (pid == 0) exec_child(o, i, port, out[1], err[1]);  // dup2 clears O_CLOEXEC on 1 and 2
-    setpgid(pid, pid);  // also here, so that a signal sent right away reaches the group
-    close(out[1]);
-    close(err[1]);
-    c.pid = pid;
-    c.running = true;
-    const std::string prefix = "[rank " + std::to_string(c.rank) + "] ";
-    c.out = {out[0], STDOUT_FILENO, prefix, {}};
-    c.err = {err[0], STDERR_FILENO, prefix, {}};
+  const pid_t launcher = getpid();
+  const auto restore_signals = [&] {
+    sigaction(SIGINT, &old_int, nullptr);
+    sigaction(SIGTERM, &old_term, nullptr);
+    close(signal_pipe[0]);
+    close(signal_pipe[1]);
+  };
+  try {
+    for (int i = 0; i < o.nproc; ++i) {
+      Child& c = children[static_cast<size_t>(i)];
+      c.rank = o.node_rank * o.nproc + i;
+      const ChildExec exec(o, i, port);
+      int out[2], err[2];
+      KILN_CHECK(pipe2(out, O_CLOEXEC) == 0, "kiln launch: pipe(): ", std::strerror(errno));
+      c.out = {out[0], STDOUT_FILENO, {}, {}};
+      if (pipe2(err, O_CLOEXEC) != 0) {
+        close(out[1]);
+        KILN_FAIL("kiln launch: pipe(): ", std::strerror(errno));
+      }
+      c.err = {err[0], STDERR_FILENO, {}, {}};
+      const pid_t pid = fork();
+      if (pid == 0) exec_child(exec, launcher, out[1], err[1]);  // dup2 clears O_CLOEXEC on 1 and 2
+      close(out[1]);
+      close(err[1]);
+      KILN_CHECK(pid > 0, "kiln launch: fork(): ", std::strerror(errno));
+      setpgid(pid, pid);  // also here, so that a signal sent right away reaches the group
+      c.pid = pid;
+      c.running = true;
+      c.out.prefix = c.err.prefix = "[rank " + std::to_string(c.rank) + "] ";
+    }
+  } catch (...) {
+    // Ranks already started would wait for the missing ones until their timeout: stop them.
+    signal_all(children, SIGKILL);
+    for (Child& c : children) {
+      if (c.running) waitpid(c.pid, nullptr, 0);
+      for (Stream* s : {&c.out, &c.err})
+        if (s->fd >= 0) close(s->fd);
+    }
+    restore_signals();
+    throw;
   }
 
   using Clock = std::chrono::steady_clock;
@@ -297,10 +352,7 @@ int run_launch(LaunchOptions o) {
     }
   }
 
-  sigaction(SIGINT, &old_int, nullptr);
-  sigaction(SIGTERM, &old_term, nullptr);
-  close(signal_pipe[0]);
-  close(signal_pipe[1]);
+  restore_signals();
   if (failed) say("failed with exit code " + std::to_string(exit_code));
   return exit_code;
 }
