@@ -168,10 +168,10 @@ class LanguageModelTask final : public TrainTask {
       : cfg_(cfg), spec_(model_spec_from(cfg, {1, 1, 1})) {
     KILN_CHECK(spec_.name == "gpt", "data.dataset tokens trains a language model: set model.name to gpt (got ",
                spec_.name, ")");
-    gpt_ = models::gpt_config(spec_);
-    seq_len_ = cfg.get_int("data.seq_len") > 0 ? cfg.get_int("data.seq_len") : gpt_.block_size;
-    KILN_CHECK(seq_len_ <= gpt_.block_size, "data.seq_len (", seq_len_, ") is longer than model.block_size (",
-               gpt_.block_size, ")");
+    const models::GPTConfig gpt = models::gpt_config(spec_);
+    seq_len_ = cfg.get_int("data.seq_len") > 0 ? cfg.get_int("data.seq_len") : gpt.block_size;
+    KILN_CHECK(seq_len_ <= gpt.block_size, "data.seq_len (", seq_len_, ") is longer than model.block_size (",
+               gpt.block_size, ")");
     TokenLoaderOptions o;
     o.seq_len = seq_len_;
     o.seed = static_cast<uint64_t>(cfg.get_int("train.seed"));
@@ -203,12 +203,11 @@ class LanguageModelTask final : public TrainTask {
     train_->next(b);  // random windows never run out
     return b;
   }
-  // Logits [B, T, Vp] against targets [B, T] over the real vocabulary (the padded columns of
-  // the logits take no part), llm.c's fused classifier.
+  // GPT::loss: the fused classifier over the real vocabulary (padded columns take no part).
   Tensor loss(nn::Module& model, const Batch& b) const override {
-    const Tensor logits = model(b.inputs);
-    const int64_t vp = logits.size(-1);
-    return loss_in_f32(fused_cross_entropy(logits.reshape({-1, vp}), b.targets.reshape({-1}), gpt_.vocab_size));
+    auto* gpt = dynamic_cast<models::GPT*>(&model);
+    KILN_CHECK(gpt, "data.dataset tokens trains a GPT, got a ", model.type_name());
+    return loss_in_f32(gpt->loss(model(b.inputs), b.targets));
   }
   int64_t tokens(const Batch& b) const override { return b.targets.numel(); }
 
@@ -248,7 +247,6 @@ class LanguageModelTask final : public TrainTask {
  private:
   const Config& cfg_;
   models::ModelSpec spec_;
-  models::GPTConfig gpt_;
   int64_t seq_len_ = 0;
   std::unique_ptr<TokenLoader> train_, val_;
 };
