@@ -45,7 +45,6 @@ struct GenerateArgs {
 // The generation arguments, split from the config overrides.
 struct Request {
   std::string checkpoint, prompt;
-  bool has_prompt = false;
   int64_t max_tokens = 200, top_k = 40;
   double temperature = 0.8;
   uint64_t seed = 1337;
@@ -70,7 +69,7 @@ Request parse_request(const std::vector<std::string>& assignments) {
     auto to_int = [](const std::string& s, size_t* used) { return std::stoll(s, used); };
     auto to_double = [](const std::string& s, size_t* used) { return std::stod(s, used); };
     if (key == "checkpoint") r.checkpoint = value;
-    else if (key == "prompt") r.prompt = value, r.has_prompt = true;
+    else if (key == "prompt") r.prompt = value;
     else if (key == "max_tokens") r.max_tokens = number(to_int);
     else if (key == "top_k") r.top_k = number(to_int);
     else if (key == "temperature") r.temperature = number(to_double);
