@@ -309,8 +309,8 @@ int64_t sample_token(const Tensor& logits, int64_t vocab_size, double temperatur
   KILN_CHECK(logits.dim() == 1 && logits.size(0) >= vocab_size && vocab_size >= 1, "sample_token: logits ",
              logits.meta_str(), " do not cover vocab_size ", vocab_size);
   KILN_CHECK(temperature >= 0, "sample_token: temperature must be >= 0, got ", temperature);
-  const std::vector<double> all = logits.to_vector<double>();
-  const std::vector<double> z(all.begin(), all.begin() + vocab_size);
+  std::vector<double> z = logits.to_vector<double>();
+  z.resize(static_cast<size_t>(vocab_size));  // the padded columns take no part
   if (temperature == 0) return std::max_element(z.begin(), z.end()) - z.begin();
 
   // The candidates: every token, or the top_k largest logits (ties by lower id).
