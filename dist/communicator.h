@@ -14,6 +14,15 @@
 namespace kiln::dist {
 
 enum class ReduceOp : uint8_t { sum, avg, max };
+// "sum", "avg", "max": for error messages.
+inline const char* op_name(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::sum: return "sum";
+    case ReduceOp::avg: return "avg";
+    case ReduceOp::max: return "max";
+  }
+  return "?";
+}
 
 // A collective that may still be running. wait() returns once its result may be used by the
 // caller (for NCCL: ordered before later work on the current CUDA stream) or throws kiln::Error

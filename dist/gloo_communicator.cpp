@@ -36,7 +36,6 @@
 #include <map>
 #include <functional>
 #include <mutex>
-#include <sstream>
 #include <thread>
 
 #include "core/error.h"
@@ -45,21 +44,6 @@
 
 namespace kiln::dist {
 namespace {
-
-std::string seconds_str(std::chrono::milliseconds ms) {
-  std::ostringstream os;
-  os << static_cast<double>(ms.count()) / 1000.0 << " s";
-  return os.str();
-}
-
-const char* op_name(ReduceOp op) {
-  switch (op) {
-    case ReduceOp::sum: return "sum";
-    case ReduceOp::avg: return "avg";
-    case ReduceOp::max: return "max";
-  }
-  return "?";
-}
 
 // Gloo's rendezvous talks to our TCP store, under a per-run prefix (like PyTorch's GlooStore).
 class GlooStore : public gloo::rendezvous::Store {

@@ -22,7 +22,6 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
-#include <sstream>
 #include <thread>
 
 #include "core/cuda_allocator.h"
@@ -36,12 +35,6 @@ namespace kiln::dist {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-std::string seconds_str(std::chrono::milliseconds ms) {
-  std::ostringstream os;
-  os << static_cast<double>(ms.count()) / 1000.0 << " s";
-  return os.str();
-}
 
 ncclDataType_t nccl_type(DType dt) {
   switch (dt) {
@@ -64,15 +57,6 @@ ncclRedOp_t nccl_op(ReduceOp op) {
     case ReduceOp::max: return ncclMax;
   }
   return ncclSum;
-}
-
-const char* op_name(ReduceOp op) {
-  switch (op) {
-    case ReduceOp::sum: return "sum";
-    case ReduceOp::avg: return "avg";
-    case ReduceOp::max: return "max";
-  }
-  return "?";
 }
 
 // A CUDA event shared by the watchdog's pending list and the Work that waits on it.

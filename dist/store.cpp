@@ -26,6 +26,13 @@
 #include "core/error.h"
 
 namespace kiln::dist {
+
+std::string seconds_str(std::chrono::milliseconds ms) {
+  std::ostringstream os;
+  os << static_cast<double>(ms.count()) / 1000.0 << " s";
+  return os.str();
+}
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -33,12 +40,6 @@ using std::chrono::milliseconds;
 
 enum Command : uint8_t { kSet = 1, kGet = 2, kAdd = 3, kWait = 4, kCheck = 5 };
 enum Status : uint8_t { kOk = 0, kTimeout = 1, kBadRequest = 2 };
-
-std::string seconds_str(milliseconds ms) {
-  std::ostringstream os;
-  os << static_cast<double>(ms.count()) / 1000.0 << " s";
-  return os.str();
-}
 
 // ---- payload encoding
 void put_u32(std::vector<uint8_t>& b, uint32_t v) {

@@ -20,6 +20,9 @@
 
 namespace kiln::dist {
 
+// "2.5 s": how the store, the rendezvous and the communicators print a timeout.
+std::string seconds_str(std::chrono::milliseconds ms);
+
 struct StoreOptions {
   std::string host = "127.0.0.1";  // where the server runs (the clients connect here)
   int port = 29500;                // 0 on the server: pick a free port (see TCPStore::port())
