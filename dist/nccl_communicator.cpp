@@ -234,20 +234,14 @@ class NcclCommunicator : public Communicator {
   }
 
   // Waits (with the timeout) while a nonblocking NCCL call is still in progress; on timeout
-  // aborts the communicator (before the watchdog runs, or under its lock after).
+  // aborts the communicator. mutex_ held once the watchdog runs (it may abort comm_).
   void wait_ready(const std::string& what, Clock::time_point deadline) {
     ncclResult_t st = ncclInProgress;
     while (true) {
       KILN_NCCL_CHECK(ncclCommGetAsyncError(comm_, &st));
       if (st != ncclInProgress) break;
       if (Clock::now() > deadline) {
-        const std::string why = what + " did not complete within " + seconds_str(timeout_);
-        if (watchdog_.joinable()) {
-          std::lock_guard<std::mutex> lock(mutex_);
-          if (!aborted_) abort(why);
-        } else {
-          ncclCommAbort(comm_);
-        }
+        abort(what + " did not complete within " + seconds_str(timeout_));
         KILN_FAIL("nccl ", what, " did not complete within ", seconds_str(timeout_), " on ", who(),
                   "; a peer rank may not have arrived");
       }
@@ -259,7 +253,7 @@ class NcclCommunicator : public Communicator {
 
   template <class Call>
   EventPtr launch_raw(const std::string& what, std::initializer_list<Tensor> tensors, Call&& call) {
-    throw_if_failed(what);
+    throw_if_failed(what);  // before any work, as the checks of the arguments
     cuda::DeviceGuard guard(device_);
     // Inputs are ready once the work already queued on kiln's stream is.
     KILN_CUDA_CHECK(cudaEventRecord(ready_, cuda::current_stream(device_)));
@@ -268,14 +262,17 @@ class NcclCommunicator : public Communicator {
       if (t.numel() > 0)
         cuda_caching_allocator(device_).record_stream(t.storage()->data(),
                                                       reinterpret_cast<StreamId>(stream_));
-    const ncclResult_t r = call();
-    if (r != ncclSuccess && r != ncclInProgress)
-      KILN_FAIL("nccl ", what, " failed on ", who(), ": ", ncclGetErrorString(r), " (", ncclGetLastError(comm_), ")");
-    if (r == ncclInProgress) wait_ready(what, Clock::now() + timeout_);  // enqueueing, not the collective
     auto done = std::make_shared<Event>();
-    KILN_CUDA_CHECK(cudaEventRecord(done->event, stream_));
     {
+      // Under the watchdog's lock: an abort (which frees comm_) cannot come between the check
+      // and the NCCL calls. Enqueueing is quick; wait_ready bounds it by the timeout.
       std::lock_guard<std::mutex> lock(mutex_);
+      KILN_CHECK(failure_.empty(), "nccl ", what, " on ", who(), ": the communicator failed: ", failure_);
+      const ncclResult_t r = call();
+      if (r != ncclSuccess && r != ncclInProgress)
+        KILN_FAIL("nccl ", what, " failed on ", who(), ": ", ncclGetErrorString(r), " (", ncclGetLastError(comm_), ")");
+      if (r == ncclInProgress) wait_ready(what, Clock::now() + timeout_);  // enqueueing, not the collective
+      KILN_CUDA_CHECK(cudaEventRecord(done->event, stream_));
       pending_.push_back({done, what, Clock::now()});
     }
     cv_.notify_all();
@@ -319,7 +316,8 @@ class NcclCommunicator : public Communicator {
     }
   }
 
-  void abort(const std::string& why) {  // mutex_ held
+  void abort(const std::string& why) {  // mutex_ held (or no watchdog yet)
+    if (aborted_) return;
     failure_ = why + " [" + who() + "]";
     ncclCommAbort(comm_);
     aborted_ = true;
