@@ -12,6 +12,7 @@
 
 #include "core/dispatch/elementwise.h"
 #include "core/elementwise_layout.h"
+#include "kernels/gelu_common.h"
 
 namespace kiln {
 namespace {
@@ -112,7 +113,6 @@ void unary_typed(UnaryOp op, Tensor& out, const Tensor& in, double a, double b) 
     }
   } else {
     const C ca = static_cast<C>(a), cb = static_cast<C>(b);
-    const C kBeta = C(0.7978845608028654), kKappa = C(0.044715);  // sqrt(2/pi); GELU's cubic
     switch (op) {
       case UnaryOp::neg: return run([](C x) { return -x; });
       case UnaryOp::exp: return run([](C x) { return std::exp(x); });
@@ -122,11 +122,7 @@ void unary_typed(UnaryOp op, Tensor& out, const Tensor& in, double a, double b) 
       case UnaryOp::abs: return run([](C x) { return std::abs(x); });
       // x < 0 rather than x > 0: NaN passes through, as torch.relu's clamp_min does.
       case UnaryOp::relu: return run([](C x) { return x < C(0) ? C(0) : x; });
-      case UnaryOp::gelu:
-        return run([=](C x) {
-          const C inner = kBeta * (x + kKappa * x * x * x);
-          return C(0.5) * x * (C(1) + std::tanh(inner));
-        });
+      case UnaryOp::gelu: return run([](C x) { return gelu_tanh(x); });
       case UnaryOp::tanh: return run([](C x) { return std::tanh(x); });
       case UnaryOp::sigmoid: return run([](C x) { return C(1) / (C(1) + std::exp(-x)); });
       case UnaryOp::sign: return run([](C x) { return C((C(0) < x) - (x < C(0))); });

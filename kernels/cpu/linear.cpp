@@ -7,15 +7,10 @@
 
 #include "core/dispatch/linear.h"
 #include "core/dispatch/matmul.h"
+#include "kernels/gelu_common.h"
 
 namespace kiln {
 namespace {
-
-template <class C>
-C gelu_tanh(C v) {
-  const C beta = C(0.7978845608028654), kappa = C(0.044715);  // sqrt(2/pi); GELU's cubic
-  return C(0.5) * v * (C(1) + std::tanh(beta * (v + kappa * v * v * v)));
-}
 
 // out = act(acc + bias) row by row; `acc` may alias `out` (f32 and f64 multiply in place).
 template <class T, class C>
