@@ -125,11 +125,21 @@ class NcclCommunicator : public Communicator {
     if (aborted_) {
       // ncclCommAbort already released it.
     } else if (comm_) {
-      cudaStreamSynchronize(stream_);
-      ncclCommFinalize(comm_);
-      ncclResult_t st = ncclInProgress;
-      while (st == ncclInProgress && ncclCommGetAsyncError(comm_, &st) == ncclSuccess) std::this_thread::yield();
-      ncclCommDestroy(comm_);
+      // Bounded like every collective: the watchdog is gone, and a collective or the finalize
+      // waiting for a peer that exited would otherwise hang the process at exit.
+      const auto deadline = Clock::now() + timeout_;
+      bool clean = true;
+      for (cudaError_t q; (q = cudaStreamQuery(stream_)) != cudaSuccess;) {
+        if (q != cudaErrorNotReady || Clock::now() > deadline) { clean = false; break; }
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
+      }
+      ncclResult_t st = clean ? ncclCommFinalize(comm_) : ncclInternalError;
+      while (st == ncclInProgress) {
+        if (Clock::now() > deadline || ncclCommGetAsyncError(comm_, &st) != ncclSuccess) st = ncclInternalError;
+        std::this_thread::yield();
+      }
+      if (st == ncclSuccess) ncclCommDestroy(comm_);
+      else ncclCommAbort(comm_);
     }
     pending_.clear();
     cudaFree(barrier_buf_);
