@@ -21,8 +21,8 @@ namespace kiln {
 static_assert(std::endian::native == std::endian::little, "token shards assume a little-endian host");
 
 void write_token_shard(const std::string& path, std::span<const int32_t> tokens, int version) {
-  KILN_CHECK(version == 0 || version == 1 || version == 2, "write_token_shard(", path, "): version must be 1 (uint16) ",
-             "or 2 (uint32), got ", version);
+  KILN_CHECK(version == 0 || version == 1 || version == 2, "write_token_shard(", path, "): version must be 0 (the narrowest that fits), ",
+             "1 (uint16) or 2 (uint32), got ", version);
   KILN_CHECK(tokens.size() <= static_cast<std::size_t>(std::numeric_limits<int32_t>::max()), "write_token_shard(",
              path, "): ", tokens.size(), " tokens do not fit one shard (at most 2^31 - 1)");
   int32_t max_token = 0;
