@@ -87,7 +87,6 @@ DistributedDataParallel::DistributedDataParallel(nn::Module& module, Communicato
   State& s = *state_;
   s.comm = &comm;
   s.params = module.parameters();
-  if (!options.sync_gradients) return;
 
   // Buckets in reverse registration order; a new one when the current is full or the dtype or
   // device changes (a flat buffer holds one of each).

@@ -31,7 +31,6 @@ namespace kiln::dist {
 
 struct DDPOptions {
   double bucket_mb = 25.0;        // PyTorch's bucket_cap_mb
-  bool sync_gradients = true;     // false: only broadcast at construction (ZeRO reduces itself)
 };
 
 // Timing of the last synchronised backward, for reporting how much communication hid behind
@@ -50,7 +49,8 @@ void broadcast_module(nn::Module& module, Communicator& comm, int root = 0);
 
 class DistributedDataParallel {
  public:
-  // Broadcasts rank 0's parameters and buffers, then (with sync_gradients) registers the hooks.
+  // Broadcasts rank 0's parameters and buffers, then registers the hooks. (ZeRO-1 reduces the
+  // gradients itself: it needs only broadcast_module.)
   // `module` and `comm` must outlive this object.
   DistributedDataParallel(nn::Module& module, Communicator& comm, DDPOptions options = {});
   ~DistributedDataParallel();

@@ -189,9 +189,12 @@ struct RankTrainer {
       NoGradGuard g;
       for (Tensor& p : model->parameters()) p.add_(ones_like(p), 0.5 * comm.rank());
     }
-    ddp = std::make_unique<dist::DistributedDataParallel>(
-        *model, comm, dist::DDPOptions{.bucket_mb = c.bucket_mb, .sync_gradients = c.zero == 0});
-    if (c.zero) zero = std::make_unique<dist::ZeroRedundancyOptimizer>(*opt, OptimizerOptions{.lr = 1e-2}, comm);
+    if (c.zero) {
+      dist::broadcast_module(*model, comm);
+      zero = std::make_unique<dist::ZeroRedundancyOptimizer>(*opt, OptimizerOptions{.lr = 1e-2}, comm);
+    } else {
+      ddp = std::make_unique<dist::DistributedDataParallel>(*model, comm, dist::DDPOptions{.bucket_mb = c.bucket_mb});
+    }
   }
 
   void train_step(int step) {
@@ -201,7 +204,7 @@ struct RankTrainer {
     for (int m = 0; m < c.accum; ++m) {
       const int64_t start = comm.rank() * per_rank + m * micro;
       Tensor loss = mul(loss_on(*model, x.narrow(0, start, micro), y.narrow(0, start, micro)), 1.0 / c.accum);
-      if (m + 1 < c.accum) {
+      if (m + 1 < c.accum && ddp) {
         auto guard = ddp->no_sync();
         loss.backward();
       } else {

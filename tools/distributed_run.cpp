@@ -98,9 +98,12 @@ fs::path DistributedRun::shared_path(const std::function<fs::path()>& make) {
 void DistributedRun::wrap(nn::Module& model, Optimizer& optimizer, RunLog& log) {
   log_ = &log;
   if (!comm_) return;
-  ddp_ = std::make_unique<dist::DistributedDataParallel>(
-      model, *comm_, dist::DDPOptions{.bucket_mb = bucket_mb_, .sync_gradients = zero_ == 0});
-  if (zero_) zero_opt_ = std::make_unique<dist::ZeroRedundancyOptimizer>(optimizer, optimizer_options_, *comm_);
+  if (zero_) {
+    dist::broadcast_module(model, *comm_);  // rank 0's weights; ZeRO-1 reduces the gradients itself
+    zero_opt_ = std::make_unique<dist::ZeroRedundancyOptimizer>(optimizer, optimizer_options_, *comm_);
+  } else {
+    ddp_ = std::make_unique<dist::DistributedDataParallel>(model, *comm_, dist::DDPOptions{.bucket_mb = bucket_mb_});
+  }
   log.line("data parallel: " + describe());
 }
 
@@ -115,7 +118,7 @@ std::unique_ptr<dist::DistributedDataParallel::NoSyncGuard> DistributedRun::micr
 
 void DistributedRun::sync_gradients() {
   if (zero_opt_) zero_opt_->reduce_gradients();
-  else if (ddp_) ddp_->finish_gradient_sync();
+  if (ddp_) ddp_->finish_gradient_sync();
 }
 
 double DistributedRun::clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
@@ -169,7 +172,7 @@ double DistributedRun::mean(double value) {
 }
 
 void DistributedRun::add_metrics(nlohmann::json& values) const {
-  if (!ddp_ || zero_opt_) return;
+  if (!ddp_) return;
   const dist::OverlapStats& s = ddp_->last_overlap();
   if (s.buckets == 0) return;
   values["dist/comm_ms"] = 1000.0 * s.comm_s;
