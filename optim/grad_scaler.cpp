@@ -8,7 +8,7 @@
 
 namespace kiln {
 
-GradScaler::GradScaler(GradScalerOptions options) : options_(options), enabled_(options.enabled) {
+GradScaler::GradScaler(GradScalerOptions options) : options_(options) {
   KILN_CHECK(options_.init_scale > 0 && std::isfinite(options_.init_scale),
              "GradScaler: init_scale must be finite and > 0, got ", options_.init_scale);
   KILN_CHECK(options_.growth_factor > 1.0, "GradScaler: growth_factor must be > 1, got ",
@@ -21,12 +21,12 @@ GradScaler::GradScaler(GradScalerOptions options) : options_(options), enabled_(
 }
 
 Tensor GradScaler::scale(const Tensor& loss) const {
-  if (!enabled_) return loss;
+  if (!is_enabled()) return loss;
   return mul(loss, state_.scale);
 }
 
 void GradScaler::unscale_(Optimizer& optimizer) {
-  if (!enabled_) return;
+  if (!is_enabled()) return;
   KILN_CHECK(unscaled_ == nullptr, "GradScaler: unscale_() was already called since the last update()");
   NoGradGuard no_grad;
   const double inv_scale = 1.0 / state_.scale;
@@ -49,7 +49,7 @@ void GradScaler::unscale_(Optimizer& optimizer) {
 }
 
 bool GradScaler::step(Optimizer& optimizer) {
-  if (!enabled_) {
+  if (!is_enabled()) {
     optimizer.step();
     return true;
   }
@@ -67,7 +67,7 @@ bool GradScaler::step(Optimizer& optimizer) {
 }
 
 void GradScaler::update() {
-  if (!enabled_) return;
+  if (!is_enabled()) return;
   KILN_CHECK(stepped_, "GradScaler: update() needs a step() first");
   if (found_inf_host_) {
     state_.scale *= options_.backoff_factor;

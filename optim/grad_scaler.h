@@ -51,8 +51,8 @@ class GradScaler {
   // restarts), growth after growth_interval clean steps in a row.
   void update();
 
-  double get_scale() const { return enabled_ ? state_.scale : 1.0; }
-  bool is_enabled() const { return enabled_; }
+  double get_scale() const { return is_enabled() ? state_.scale : 1.0; }
+  bool is_enabled() const { return options_.enabled; }
   int64_t skipped_steps() const { return skipped_steps_; }  // since construction
 
   GradScalerState state() const { return state_; }
@@ -60,7 +60,6 @@ class GradScaler {
 
  private:
   GradScalerOptions options_;
-  bool enabled_;
   GradScalerState state_;
   // This iteration: the device-side overflow sum (NaN when some gradient is not finite),
   // whether unscale_ ran, and what step() found.
