@@ -325,7 +325,15 @@ int run_launch(LaunchOptions o) {
           streams.push_back(s);
         }
     const int ready = poll(fds.data(), fds.size(), any_running ? 50 : 0);
-    if (ready < 0 && errno != EINTR) break;
+    if (ready < 0 && errno != EINTR) {  // cannot watch the ranks any more: none may go on alone
+      say(std::string("poll(): ") + std::strerror(errno) + "; killing every rank");
+      signal_all(children, SIGKILL);
+      for (Child& c : children)
+        if (c.running) waitpid(c.pid, &c.status, 0);
+      failed = true;
+      exit_code = 1;
+      break;
+    }
     if (fds[0].revents & POLLIN) {
       unsigned char sig = 0;
       while (read(signal_pipe[0], &sig, 1) == 1) {
