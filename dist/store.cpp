@@ -12,6 +12,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -398,6 +399,11 @@ void TCPStore::connect_client() {
       set_nonblocking(fd, false);
       int one = 1;
       setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      // Replies are awaited with poll() and a deadline; this bounds the sends the same way (a
+      // server that stopped reading would otherwise block a request forever).
+      const timeval send_timeout{.tv_sec = static_cast<time_t>(options_.timeout.count() / 1000),
+                                 .tv_usec = static_cast<suseconds_t>(options_.timeout.count() % 1000 * 1000)};
+      setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof(send_timeout));
       fd_ = fd;
       return;
     }
@@ -426,6 +432,7 @@ std::vector<uint8_t> TCPStore::request(const std::vector<uint8_t>& message, mill
   for (size_t sent = 0; sent < out.size();) {
     ssize_t n = send(fd_, out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) lost("the server stopped reading (send timeout)");
     if (n <= 0) lost(std::strerror(errno));
     sent += static_cast<size_t>(n);
   }
