@@ -30,6 +30,7 @@
 #include <gloo/transport/tcp/address.h>
 #include <gloo/transport/tcp/device.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -309,10 +310,12 @@ class GlooCommunicator : public Communicator {
     out.bump_version();
     run_sync("reduce_scatter(" + std::string(op_name(op)) + ", " + in.meta_str() + ")", [&] {
       const size_t chunk = static_cast<size_t>(out.numel()) * out.element_size();
-      std::vector<uint8_t> buffer(chunk * world_size_);
-      std::memcpy(buffer.data(), in.data_ptr(), buffer.size());
-      all_reduce_raw(buffer.data(), in.dtype(), static_cast<size_t>(in.numel()), op, fn);
-      std::memcpy(out.data_ptr(), buffer.data() + chunk * rank_, chunk);
+      // Reused across calls: ZeRO-1 reduce-scatters all gradients every step, and a fresh
+      // zero-filled vector of that size each time would cost an allocation, page faults and a pass.
+      scratch_.resize(std::max(scratch_.size(), chunk * world_size_));
+      std::memcpy(scratch_.data(), in.data_ptr(), chunk * world_size_);
+      all_reduce_raw(scratch_.data(), in.dtype(), static_cast<size_t>(in.numel()), op, fn);
+      std::memcpy(out.data_ptr(), scratch_.data() + chunk * rank_, chunk);
     });
   }
 
@@ -435,6 +438,7 @@ class GlooCommunicator : public Communicator {
   std::thread worker_;
   uint32_t tag_ = 0;     // worker thread only
   std::string broken_;  // worker thread only
+  std::vector<uint8_t> scratch_;  // reduce_scatter's copy of its input; worker thread only
 };
 
 }  // namespace
