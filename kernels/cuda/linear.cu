@@ -13,14 +13,16 @@
 // [in, out] transposed; m = out, n = N, k = in, and the bias runs along D's rows, as cuBLASLt's
 // BIAS epilogue wants.
 #include <cstdint>
-#include <memory>
 
 #include "core/cuda_context.h"
 #include "core/dispatch/linear.h"
 #include "kernels/cuda/blas_handle.h"
+#include "kernels/cuda/cublaslt_common.h"
 
 namespace kiln {
 namespace {
+
+using cuda::lt_set_desc;
 
 // One operand as cuBLAS sees it: the stored column-major matrix (rows x cols, leading
 // dimension ld) and the op applied to it.
@@ -37,41 +39,6 @@ struct LtEpilogue {
   void* aux = nullptr;         // GELU_AUX*: the GELU's input, written
   int64_t aux_ld = 0;
 };
-
-struct DescDeleter {
-  void operator()(cublasLtMatmulDescOpaque_t* p) const { cublasLtMatmulDescDestroy(p); }
-};
-struct LayoutDeleter {
-  void operator()(cublasLtMatrixLayoutOpaque_t* p) const { cublasLtMatrixLayoutDestroy(p); }
-};
-struct PreferenceDeleter {
-  void operator()(cublasLtMatmulPreferenceOpaque_t* p) const { cublasLtMatmulPreferenceDestroy(p); }
-};
-using Layout = std::unique_ptr<cublasLtMatrixLayoutOpaque_t, LayoutDeleter>;
-
-Layout make_layout(cudaDataType_t type, uint64_t rows, uint64_t cols, int64_t ld) {
-  cublasLtMatrixLayout_t raw = nullptr;
-  KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&raw, type, rows, cols, ld));
-  return Layout(raw);
-}
-
-// The largest power of two (up to 256) dividing the address: views with an offset are not
-// 256-byte aligned, which cuBLASLt otherwise assumes.
-uint32_t alignment_of(const void* p) {
-  const auto addr = reinterpret_cast<uintptr_t>(p);
-  uint32_t a = 256;
-  while (a > 1 && addr % a != 0) a /= 2;
-  return a;
-}
-
-template <class T>
-void set_desc(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, const T& value) {
-  KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, attr, &value, sizeof(value)));
-}
-template <class T>
-void set_pref(cublasLtMatmulPreference_t pref, cublasLtMatmulPreferenceAttributes_t attr, const T& value) {
-  KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &value, sizeof(value)));
-}
 
 // D [m, n] (column-major, leading dimension ldd) = op(A) op(B) with the epilogue. Returns
 // false, having launched nothing, when the dtype has no epilogue support here or cuBLASLt
@@ -90,45 +57,30 @@ bool lt_matmul(DType dtype, const LtOperand& A, const LtOperand& B, void* D, uin
     default: return false;  // f64: the op's composed path
   }
 
-  cublasLtMatmulDesc_t desc_raw = nullptr;
-  KILN_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc_raw, compute, CUDA_R_32F));
-  std::unique_ptr<cublasLtMatmulDescOpaque_t, DescDeleter> desc(desc_raw);
-  set_desc(desc_raw, CUBLASLT_MATMUL_DESC_TRANSA, A.op);
-  set_desc(desc_raw, CUBLASLT_MATMUL_DESC_TRANSB, B.op);
-  set_desc(desc_raw, CUBLASLT_MATMUL_DESC_EPILOGUE, epilogue.kind);
-  if (epilogue.bias) set_desc(desc_raw, CUBLASLT_MATMUL_DESC_BIAS_POINTER, epilogue.bias);
+  cuda::LtMatmulDesc desc = cuda::make_lt_matmul_desc(compute, CUDA_R_32F);
+  cublasLtMatmulDesc_t desc_raw = desc.get();
+  lt_set_desc(desc_raw, CUBLASLT_MATMUL_DESC_TRANSA, A.op);
+  lt_set_desc(desc_raw, CUBLASLT_MATMUL_DESC_TRANSB, B.op);
+  lt_set_desc(desc_raw, CUBLASLT_MATMUL_DESC_EPILOGUE, epilogue.kind);
+  if (epilogue.bias) lt_set_desc(desc_raw, CUBLASLT_MATMUL_DESC_BIAS_POINTER, epilogue.bias);
   if (epilogue.aux) {
-    set_desc(desc_raw, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, epilogue.aux);
-    set_desc(desc_raw, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, epilogue.aux_ld);
+    lt_set_desc(desc_raw, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, epilogue.aux);
+    lt_set_desc(desc_raw, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, epilogue.aux_ld);
   }
 
-  Layout la = make_layout(type, A.rows, A.cols, A.ld);
-  Layout lb = make_layout(type, B.rows, B.cols, B.ld);
-  Layout ld = make_layout(type, m, n, ldd);
-
-  cublasLtMatmulPreference_t pref_raw = nullptr;
-  KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref_raw));
-  std::unique_ptr<cublasLtMatmulPreferenceOpaque_t, PreferenceDeleter> pref(pref_raw);
-  const uint64_t workspace_bytes = cuda::kBlasWorkspaceBytes;
-  set_pref(pref_raw, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, workspace_bytes);
-  // Split-K partial sums stay in f32, never in a 16-bit output type.
-  const uint32_t reduction = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE | CUBLASLT_REDUCTION_SCHEME_NONE;
-  set_pref(pref_raw, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, reduction);
-  set_pref(pref_raw, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, alignment_of(A.ptr));
-  set_pref(pref_raw, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, alignment_of(B.ptr));
-  set_pref(pref_raw, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, alignment_of(D));
-  set_pref(pref_raw, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, alignment_of(D));
+  cuda::LtLayout la = cuda::make_lt_layout(type, A.rows, A.cols, A.ld);
+  cuda::LtLayout lb = cuda::make_lt_layout(type, B.rows, B.cols, B.ld);
+  cuda::LtLayout ld = cuda::make_lt_layout(type, m, n, ldd);
+  cuda::LtPreference pref = cuda::make_lt_preference(A.ptr, B.ptr, D);
 
   cublasLtHandle_t handle = cuda::cublaslt_handle();
-  cublasLtMatmulHeuristicResult_t heuristic = {};
-  int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle, desc_raw, la.get(), lb.get(), ld.get(),
-                                                           ld.get(), pref_raw, 1, &heuristic, &found);
-  if (st != CUBLAS_STATUS_SUCCESS || found == 0) return false;
+  cublasLtMatmulAlgo_t algo;
+  if (!cuda::lt_heuristic(handle, desc_raw, la.get(), lb.get(), ld.get(), pref.get(), &algo))
+    return false;
   const float alpha = 1.0f, beta = 0.0f;
   KILN_CUBLAS_CHECK(cublasLtMatmul(handle, desc_raw, &alpha, A.ptr, la.get(), B.ptr, lb.get(), &beta, D,
-                                   ld.get(), D, ld.get(), &heuristic.algo, cuda::blas_workspace(),
-                                   workspace_bytes, cuda::current_stream()));
+                                   ld.get(), D, ld.get(), &algo, cuda::blas_workspace(),
+                                   cuda::kBlasWorkspaceBytes, cuda::current_stream()));
   return true;
 }
 

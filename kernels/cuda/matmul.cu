@@ -6,11 +6,11 @@
 // C^T, and C^T = B^T A^T, so cuBLAS gets (b, a) in that order with m = N, n = M.
 #include <algorithm>
 #include <cstdint>
-#include <memory>
 
 #include "core/cuda_context.h"
 #include "core/dispatch/matmul.h"
 #include "kernels/cuda/blas_handle.h"
+#include "kernels/cuda/cublaslt_common.h"
 
 namespace kiln {
 namespace {
@@ -64,32 +64,11 @@ GemmTypes gemm_types(DType dtype) {
   }
 }
 
-// The largest power of two (up to 256) dividing the address: cuBLASLt assumes 256-byte
-// aligned buffers unless told otherwise, and views with an offset are not.
-uint32_t alignment_of(const void* p) {
-  const auto addr = reinterpret_cast<uintptr_t>(p);
-  uint32_t a = 256;
-  while (a > 1 && addr % a != 0) a /= 2;
-  return a;
-}
-
-// RAII for the cuBLASLt descriptors.
-struct LayoutDeleter {
-  void operator()(cublasLtMatrixLayoutOpaque_t* p) const { cublasLtMatrixLayoutDestroy(p); }
-};
-struct MatmulDescDeleter {
-  void operator()(cublasLtMatmulDescOpaque_t* p) const { cublasLtMatmulDescDestroy(p); }
-};
-struct PreferenceDeleter {
-  void operator()(cublasLtMatmulPreferenceOpaque_t* p) const { cublasLtMatmulPreferenceDestroy(p); }
-};
-using Layout = std::unique_ptr<cublasLtMatrixLayoutOpaque_t, LayoutDeleter>;
-
-Layout make_layout(cudaDataType_t type, uint64_t rows, uint64_t cols, int64_t ld, int32_t batch,
-                   int64_t batch_stride) {
-  cublasLtMatrixLayout_t raw = nullptr;
-  KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&raw, type, rows, cols, ld));
-  Layout layout(raw);
+// A batch of column-major matrices, batch_stride elements apart.
+cuda::LtLayout make_layout(cudaDataType_t type, uint64_t rows, uint64_t cols, int64_t ld,
+                           int32_t batch, int64_t batch_stride) {
+  cuda::LtLayout layout = cuda::make_lt_layout(type, rows, cols, ld);
+  cublasLtMatrixLayout_t raw = layout.get();
   KILN_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(raw, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
                                                      &batch, sizeof(batch)));
   KILN_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
@@ -101,49 +80,21 @@ Layout make_layout(cudaDataType_t type, uint64_t rows, uint64_t cols, int64_t ld
 bool bmm_lt(const GemmTypes& types, const LtOperand& A, const LtOperand& B, void* C, int64_t m,
             int64_t n, int64_t k, int32_t batch, const void* alpha, const void* beta,
             cudaStream_t stream) {
-  cublasLtMatmulDesc_t desc_raw = nullptr;
-  KILN_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc_raw, types.compute, types.scale));
-  std::unique_ptr<cublasLtMatmulDescOpaque_t, MatmulDescDeleter> desc(desc_raw);
-  KILN_CUBLAS_CHECK(
-      cublasLtMatmulDescSetAttribute(desc_raw, CUBLASLT_MATMUL_DESC_TRANSA, &A.op, sizeof(A.op)));
-  KILN_CUBLAS_CHECK(
-      cublasLtMatmulDescSetAttribute(desc_raw, CUBLASLT_MATMUL_DESC_TRANSB, &B.op, sizeof(B.op)));
-  Layout la = make_layout(types.data, A.rows, A.cols, A.ld, batch, A.batch_stride);
-  Layout lb = make_layout(types.data, B.rows, B.cols, B.ld, batch, B.batch_stride);
-  Layout lc = make_layout(types.data, uint64_t(m), uint64_t(n), m, batch, m * n);
-
-  cublasLtMatmulPreference_t pref_raw = nullptr;
-  KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref_raw));
-  std::unique_ptr<cublasLtMatmulPreferenceOpaque_t, PreferenceDeleter> pref(pref_raw);
-  const uint64_t workspace_bytes = cuda::kBlasWorkspaceBytes;
-  KILN_CUBLAS_CHECK(
-      cublasLtMatmulPreferenceSetAttribute(pref_raw, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                           &workspace_bytes, sizeof(workspace_bytes)));
-  // Split-K partial sums stay in the compute type (f32), never in the 16-bit output type.
-  const uint32_t reduction =
-      CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE | CUBLASLT_REDUCTION_SCHEME_NONE;
-  KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref_raw, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &reduction, sizeof(reduction)));
-  const uint32_t align_a = alignment_of(A.ptr), align_b = alignment_of(B.ptr),
-                 align_c = alignment_of(C);
-  KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref_raw, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof(align_a)));
-  KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref_raw, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof(align_b)));
-  KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref_raw, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c, sizeof(align_c)));
-  KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref_raw, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c, sizeof(align_c)));
+  cuda::LtMatmulDesc desc = cuda::make_lt_matmul_desc(types.compute, types.scale);
+  cuda::lt_set_desc(desc.get(), CUBLASLT_MATMUL_DESC_TRANSA, A.op);
+  cuda::lt_set_desc(desc.get(), CUBLASLT_MATMUL_DESC_TRANSB, B.op);
+  cuda::LtLayout la = make_layout(types.data, A.rows, A.cols, A.ld, batch, A.batch_stride);
+  cuda::LtLayout lb = make_layout(types.data, B.rows, B.cols, B.ld, batch, B.batch_stride);
+  cuda::LtLayout lc = make_layout(types.data, uint64_t(m), uint64_t(n), m, batch, m * n);
+  cuda::LtPreference pref = cuda::make_lt_preference(A.ptr, B.ptr, C);
 
   cublasLtHandle_t handle = cuda::cublaslt_handle();
-  cublasLtMatmulHeuristicResult_t heuristic = {};
-  int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
-      handle, desc_raw, la.get(), lb.get(), lc.get(), lc.get(), pref_raw, 1, &heuristic, &found);
-  if (st != CUBLAS_STATUS_SUCCESS || found == 0) return false;
-  KILN_CUBLAS_CHECK(cublasLtMatmul(handle, desc_raw, alpha, A.ptr, la.get(), B.ptr, lb.get(), beta,
-                                   C, lc.get(), C, lc.get(), &heuristic.algo,
-                                   cuda::blas_workspace(), workspace_bytes, stream));
+  cublasLtMatmulAlgo_t algo;
+  if (!cuda::lt_heuristic(handle, desc.get(), la.get(), lb.get(), lc.get(), pref.get(), &algo))
+    return false;
+  KILN_CUBLAS_CHECK(cublasLtMatmul(handle, desc.get(), alpha, A.ptr, la.get(), B.ptr, lb.get(),
+                                   beta, C, lc.get(), C, lc.get(), &algo, cuda::blas_workspace(),
+                                   cuda::kBlasWorkspaceBytes, stream));
   return true;
 }
 
