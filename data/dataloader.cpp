@@ -8,14 +8,67 @@
 
 #ifdef KILN_WITH_CUDA
 #include "core/cuda_context.h"
+#include "data/pinned_pool.h"
 #endif
 
 namespace kiln {
 
+#ifdef KILN_WITH_CUDA
+namespace {
+
+// The CUDA runtime behind the pool of pinned batch buffers.
+class CudaPinnedMemory final : public PinnedMemory {
+ public:
+  void* malloc(std::size_t bytes) override {
+    void* ptr = nullptr;
+    KILN_CUDA_CHECK(cudaMallocHost(&ptr, bytes));
+    return ptr;
+  }
+  void free(void* ptr) override { KILN_CUDA_CHECK(cudaFreeHost(ptr)); }
+  EventId record_event(int device, StreamId stream) override {
+    cuda::DeviceGuard guard(device);
+    cudaEvent_t event = nullptr;
+    KILN_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+    const cudaError_t err = cudaEventRecord(event, reinterpret_cast<cudaStream_t>(stream));
+    if (err != cudaSuccess) cudaEventDestroy(event);
+    KILN_CUDA_CHECK(err);
+    return reinterpret_cast<EventId>(event);
+  }
+  bool event_done(EventId event) override {
+    const cudaError_t err = cudaEventQuery(reinterpret_cast<cudaEvent_t>(event));
+    if (err == cudaErrorNotReady) {
+      (void)cudaGetLastError();  // "not ready" is an answer, not an error
+      return false;
+    }
+    KILN_CUDA_CHECK(err);
+    return true;
+  }
+  void wait_event(EventId event) override {
+    KILN_CUDA_CHECK(cudaEventSynchronize(reinterpret_cast<cudaEvent_t>(event)));
+  }
+  void destroy_event(EventId event) override {
+    KILN_CUDA_CHECK(cudaEventDestroy(reinterpret_cast<cudaEvent_t>(event)));
+  }
+};
+
+// One pool for the process, shared by every loader. Leaked on purpose: batches freed by exit-time
+// destructors must still find it, and the CUDA runtime may be gone by then.
+PinnedBufferPool& pinned_batch_pool() {
+  static auto* pool = new PinnedBufferPool(*new CudaPinnedMemory);
+  return *pool;
+}
+
+}  // namespace
+#endif
+
 // Pinned host memory for batches bound for a GPU, so the copy is a DMA straight from it instead
-// of a staged copy through pageable memory.
+// of a staged copy through pageable memory. The buffers come from a pool that reuses them once
+// their copies are done (data/pinned_pool.h).
 Tensor batch_host_tensor(const Shape& shape, DType dtype, Device device) {
-  Allocator* allocator = device.is_cuda() ? pinned_host_allocator() : cpu_allocator();
+  Allocator* allocator = cpu_allocator();
+#ifdef KILN_WITH_CUDA
+  if (device.is_cuda() && cuda_device_count() > 0) allocator = &pinned_batch_pool();
+#endif
   const auto nbytes = static_cast<std::size_t>(shape_numel(shape)) * element_size(dtype);
   auto storage = std::make_shared<Storage>(nbytes, kCPU, allocator);
   return Tensor::make_view(std::move(storage), shape, contiguous_strides(shape), 0, dtype);
@@ -27,11 +80,14 @@ Batch stage_to_device(Batch host, Device device) {
   b.inputs = host.inputs.to(device);
   b.targets = host.targets.to(device);
 #ifdef KILN_WITH_CUDA
-  // From pinned memory the copies really are asynchronous, and the pinned buffers are freed
-  // when `host` goes out of scope: wait for the copies first. Overlapping the copy with the
-  // previous step needs buffers kept alive until an event says the copy is done; later.
-  cuda::DeviceGuard guard(device.index);
-  KILN_CUDA_CHECK(cudaStreamSynchronize(cuda::current_stream(device.index)));
+  // From pinned memory the copies are asynchronous, and `host`'s buffers go back to the pool
+  // when it goes out of scope here. Nothing waits for the copies: an event recorded after them
+  // keeps the pool from handing the buffers out again before they have run. (record_use ignores
+  // pageable memory: a copy from it has read the source before cudaMemcpyAsync returns.)
+  const auto stream = reinterpret_cast<StreamId>(cuda::current_stream(device.index));
+  for (const Tensor* t : {&host.inputs, &host.targets}) {
+    pinned_batch_pool().record_use(t->storage()->data(), device.index, stream);
+  }
 #endif
   return b;
 }

@@ -46,7 +46,10 @@ struct Batch {
 // Shared with TokenLoader. A contiguous host tensor for a batch bound for `device`: in pinned
 // memory when that is a CUDA device, so the copy is a DMA straight from it.
 Tensor batch_host_tensor(const Shape& shape, DType dtype, Device device);
-// `host`'s inputs and targets copied to `device` (the batch itself when that is the CPU).
+// `host`'s inputs and targets copied to `device` (the batch itself when that is the CPU). The
+// copies are queued on kiln's stream and not waited for: the pinned buffers they read are reused
+// only once an event recorded after them has completed (data/pinned_pool.h), so the CPU can go on
+// queueing work ahead of the GPU.
 Batch stage_to_device(Batch host, Device device);
 
 // Where the loader stands: the next batch next() returns is batch `batch` of epoch `epoch`
