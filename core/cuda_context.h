@@ -14,6 +14,9 @@ cudaStream_t current_stream(int device = -1);
 int current_device();
 const cudaDeviceProp& device_properties(int device = -1);
 
+// ceil(a / b) for a >= 0, b > 0: blocks needed to cover a elements, b per block.
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 // Grid size for a grid-stride loop over n elements with `threads` per block: enough blocks
 // to fill every SM a few times over, never more than the work needs.
 inline unsigned grid_for(int64_t n, int threads) {

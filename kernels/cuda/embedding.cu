@@ -25,11 +25,10 @@
 namespace kiln {
 namespace {
 
+using cuda::ceil_div;
 using cuda::load_vec;
 using cuda::store_vec;
 constexpr int kThreads = 256;
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ------------------------------------------------------------------ forward
 template <class T, class Idx, int kVec>

@@ -29,13 +29,12 @@
 namespace kiln {
 namespace {
 
+using cuda::ceil_div;
 using cuda::kWarp;
 using cuda::load_vec;
 using cuda::store_vec;
 constexpr int kWarpsPerBlock = 4;
 constexpr int64_t kMaxBlocks = 1 << 20;  // grid-stride loops cover the rest
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 __device__ __forceinline__ float rsqrt_(float x) { return rsqrtf(x); }
 __device__ __forceinline__ double rsqrt_(double x) { return 1.0 / ::sqrt(x); }

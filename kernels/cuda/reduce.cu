@@ -35,6 +35,7 @@ __device__ __forceinline__ ValueIndex<V> shfl_xor(ValueIndex<V> v, int mask) {
 
 namespace {
 
+using cuda::ceil_div;
 using cuda::kWarp;
 constexpr int64_t kWarpRowMax = 1024;        // rows up to this long get one warp each
 constexpr int64_t kSplitRowMin = 1 << 16;    // rows from this long may be split...
@@ -42,8 +43,6 @@ constexpr int64_t kSplitMaxRows = 64;        // ...when there are this few of th
 constexpr int64_t kElementsPerPart = 1 << 14;
 constexpr int64_t kMaxParts = 1024;          // pass 2 folds them with one warp per row
 constexpr int64_t kMaxBlocks = 1 << 20;      // grid-stride loops cover the rest
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ------------------------------------------------------------------------ ops
 // Folds partial results of `Op` (pass two of a split reduction).

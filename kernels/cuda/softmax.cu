@@ -27,6 +27,7 @@
 namespace kiln {
 namespace {
 
+using cuda::ceil_div;
 using cuda::exp_;
 using cuda::kWarp;
 using cuda::load_vec;
@@ -38,8 +39,6 @@ using cuda::with_vec_width;
 constexpr int kWarpRowMax = 1024;        // classes up to this get one warp per row
 constexpr int kWarpsPerBlock = 4;
 constexpr int64_t kMaxBlocks = 1 << 20;  // grid-stride loops cover the rest
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 int64_t next_pow2(int64_t n) {
   int64_t p = 1;
