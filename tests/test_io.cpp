@@ -6,14 +6,11 @@
 //   atomic writes: an abandoned or failing write (a file-size limit) leaves the old file intact;
 //   TensorBoard: the protobuf bytes of a scalar derived by hand, and TensorBoard's own reader
 //     (tests/parity/read_tensorboard.py) checking CRCs and reading back tags, steps and values;
-//   metrics.jsonl: one flushed object per line, read back;
-//   checkpoints: round trip, the recorded checksum against the file's bytes, keep_last_k, a
-//     truncated newest checkpoint skipped with a warning, a flipped byte refused, a failed save.
+//   metrics.jsonl: one flushed object per line, read back.
+// Checkpoints, built on these, are tested in test_checkpoint.cpp.
 // Python runs in $KILN_SOURCE_DIR/.venv (scripts/setup.sh); those tests skip without it.
 #include <gtest/gtest.h>
-#include <signal.h>
 #include <stdlib.h>
-#include <sys/resource.h>
 
 #include <bit>
 #include <cmath>
@@ -31,10 +28,10 @@
 #include "core/ops.h"
 #include "core/tensor.h"
 #include "tests/gradcheck.h"
+#include "tests/io_testing.h"
 #include "tests/python_oracle.h"
 #include "tests/temp_files.h"
 #include "tools/io/atomic_file.h"
-#include "tools/io/checkpoint.h"
 #include "tools/io/crc32c.h"
 #include "tools/io/jsonl.h"
 #include "tools/io/safetensors.h"
@@ -46,29 +43,16 @@ namespace {
 namespace fs = std::filesystem;
 using namespace kiln::io;
 using nlohmann::json;
+using testing::bytes_of;
+using testing::crc32c_bitwise;
+using testing::expect_no_temporaries;
+using testing::FileSizeLimit;
+using testing::IoTest;
 using testing::read_file;
+using testing::throws_with;
 using testing::write_file;
 
 // ---------------------------------------------------------------- helpers
-
-class IoTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = testing::make_temp_dir("kiln_io_");
-    ASSERT_FALSE(dir_.empty());
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  fs::path dir_;
-};
-
-// A tensor's elements as contiguous bytes: what equality means for a file format.
-std::string bytes_of(const Tensor& t) {
-  Tensor c = t.detach().cpu().contiguous();
-  return std::string(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
-}
 
 // Elements as JSON numbers, exact for every dtype (to_vector<double> would round big int64s);
 // JSON has no inf or NaN, so those become "inf", "-inf", "nan", as read_safetensors.py writes them.
@@ -87,21 +71,6 @@ json values_of(const Tensor& t) {
     });
   }
   return out;
-}
-
-// Runs `fn`, expecting a kiln::Error whose message contains every one of `parts`.
-template <class Fn>
-::testing::AssertionResult throws_with(Fn&& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    const std::string what = e.what();
-    for (const std::string& p : parts)
-      if (what.find(p) == std::string::npos)
-        return ::testing::AssertionFailure() << "message lacks \"" << p << "\": " << what;
-    return ::testing::AssertionSuccess();
-  }
-  return ::testing::AssertionFailure() << "no kiln::Error thrown";
 }
 
 // The venv interpreter, or an empty string and the reason it cannot be used.
@@ -123,39 +92,7 @@ json run_script(const std::string& python, const std::string& script, const std:
   return json::parse(r.output);
 }
 
-// Makes writes past `bytes` fail with EFBIG (instead of SIGXFSZ) until destroyed: a full disk
-// that even root cannot write past, unlike a read-only directory.
-class FileSizeLimit {
- public:
-  explicit FileSizeLimit(rlim_t bytes) {
-    getrlimit(RLIMIT_FSIZE, &saved_);
-    old_handler_ = signal(SIGXFSZ, SIG_IGN);
-    rlimit limit = saved_;
-    limit.rlim_cur = bytes;
-    setrlimit(RLIMIT_FSIZE, &limit);
-  }
-  ~FileSizeLimit() {
-    setrlimit(RLIMIT_FSIZE, &saved_);
-    signal(SIGXFSZ, old_handler_);
-  }
-
- private:
-  rlimit saved_{};
-  sighandler_t old_handler_;
-};
-
 // ---------------------------------------------------------------- CRC-32C
-
-// CRC-32C by its definition: reflected input and output, polynomial 0x1EDC6F41 (0x82F63B78
-// reflected), initial value and final XOR 0xFFFFFFFF; one bit at a time, no tables.
-uint32_t crc32c_bitwise(const std::string& s) {
-  uint32_t c = 0xffffffffu;
-  for (unsigned char byte : s) {
-    c ^= byte;
-    for (int k = 0; k < 8; ++k) c = (c & 1u) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-  }
-  return ~c;
-}
 
 TEST(Crc32c, PublishedCheckValues) {
   EXPECT_EQ(crc32c(""), 0u);
@@ -396,12 +333,6 @@ TEST_F(IoTest, SafetensorsWriterRefusesAmbiguousNames) {
 
 // ---------------------------------------------------------------- atomic writes
 
-// No file but the target may be left in the directory.
-void expect_no_temporaries(const fs::path& dir) {
-  for (const auto& e : fs::directory_iterator(dir))
-    EXPECT_EQ(e.path().filename().string().find(".tmp."), std::string::npos) << e.path();
-}
-
 TEST_F(IoTest, AtomicWriteReplacesWholeFileOrNothing) {
   const fs::path path = dir_ / "state.txt";
   write_file_atomic(path, "old contents");
@@ -555,133 +486,6 @@ TEST_F(IoTest, JsonlOneFlushedObjectPerLine) {
 
   write_file(path, "{\"step\": 1}\n{\"step\": \n");
   EXPECT_TRUE(throws_with([&] { read_jsonl(path); }, {path.string() + ":2", "not valid JSON"}));
-}
-
-// ---------------------------------------------------------------- checkpoints
-
-CheckpointContents sample_checkpoint(double scale) {
-  CheckpointContents c;
-  c.model = {{"fc1.weight", from_vector(std::vector<double>{1, 2, 3, 4, 5, 6}, {2, 3}) * scale},
-             {"fc1.bias", from_vector(std::vector<double>{-1, 1}, {2}, {.dtype = DType::bf16})},
-             {"bn.num_batches_tracked", from_vector(std::vector<int64_t>{42}, {})}};
-  c.optim = {{"fc1.weight.exp_avg", full({2, 3}, 0.25 * scale)}, {"fc1.weight.exp_avg_sq", zeros({3, 2}).t()}};
-  c.rng_seed = 0xFFFFFFFFFFFFFFFFull;  // uint64 values beyond int64 survive the JSON
-  c.rng_offset = 123456789012345ull;
-  c.data_loader = {{"epoch", 3}, {"position", 1024}, {"permutation_seed", 9}};
-  c.extra = {{"scheduler", {{"last_step", 99}}}, {"optimizer_step", 100}};
-  c.config = "model: mlp\nlr: 0.001  # \"quoted\" é\n";
-  return c;
-}
-
-void expect_same(const NamedTensors& got, const NamedTensors& want) {
-  ASSERT_EQ(got.size(), want.size());
-  for (size_t i = 0; i < want.size(); ++i) {
-    EXPECT_EQ(got[i].first, want[i].first);
-    EXPECT_EQ(got[i].second.dtype(), want[i].second.dtype()) << want[i].first;
-    EXPECT_EQ(got[i].second.shape(), want[i].second.shape()) << want[i].first;
-    EXPECT_EQ(bytes_of(got[i].second), bytes_of(want[i].second)) << want[i].first;
-  }
-}
-
-TEST_F(IoTest, CheckpointRoundTripsEverythingAndRecordsTheDataChecksum) {
-  const CheckpointContents saved = sample_checkpoint(1.0);
-  const fs::path path = save_checkpoint(dir_ / "ckpt", 100, saved, 3);
-  EXPECT_EQ(path, dir_ / "ckpt" / "ckpt-100.safetensors");
-
-  const CheckpointContents loaded = load_checkpoint(path);
-  EXPECT_EQ(loaded.step, 100);
-  expect_same(loaded.model, saved.model);
-  expect_same(loaded.optim, saved.optim);
-  EXPECT_EQ(loaded.rng_seed, saved.rng_seed);
-  EXPECT_EQ(loaded.rng_offset, saved.rng_offset);
-  EXPECT_EQ(loaded.data_loader, saved.data_loader);
-  EXPECT_EQ(loaded.extra, saved.extra);
-  EXPECT_EQ(loaded.config, saved.config);
-
-  // A plain safetensors file: the prefixed names, and a checksum equal to the CRC-32C of the
-  // bytes after the header, computed here from the raw file.
-  const SafetensorsContents file = load_safetensors(path);
-  EXPECT_EQ(file.tensors[0].first, "model.fc1.weight");
-  EXPECT_EQ(file.tensors[3].first, "optim.fc1.weight.exp_avg");
-  const std::string raw = read_file(path);
-  uint64_t n = 0;
-  std::memcpy(&n, raw.data(), 8);
-  char hex[9];
-  std::snprintf(hex, sizeof hex, "%08x", crc32c_bitwise(raw.substr(8 + n)));
-  EXPECT_EQ(file.metadata.at("checksum"), hex);
-  EXPECT_EQ(file.metadata.at("step"), "100");
-}
-
-std::vector<int64_t> steps_in(const fs::path& dir) {
-  std::vector<int64_t> steps;
-  for (const auto& [step, path] : list_checkpoints(dir)) steps.push_back(step);
-  return steps;
-}
-
-TEST_F(IoTest, CheckpointKeepsTheLastK) {
-  const CheckpointContents c = sample_checkpoint(1.0);
-  for (int64_t step : {10, 20, 30, 40, 50}) save_checkpoint(dir_, step, c, 2);
-  EXPECT_EQ(steps_in(dir_), (std::vector<int64_t>{40, 50}));
-  // Saving an earlier step (a rerun from an older checkpoint) keeps it and leaves later ones.
-  save_checkpoint(dir_, 5, c, 2);
-  EXPECT_EQ(steps_in(dir_), (std::vector<int64_t>{5, 40, 50}));
-  for (int64_t step : {60, 70}) save_checkpoint(dir_, step, c, 0);  // 0: keep everything
-  EXPECT_EQ(steps_in(dir_), (std::vector<int64_t>{5, 40, 50, 60, 70}));
-  save_checkpoint(dir_, 80, c, 1);
-  EXPECT_EQ(steps_in(dir_), (std::vector<int64_t>{80}));
-  expect_no_temporaries(dir_);
-}
-
-TEST_F(IoTest, LatestValidCheckpointSkipsATruncatedOneWithAWarning) {
-  EXPECT_EQ(latest_valid_checkpoint(dir_ / "absent"), std::nullopt);
-  EXPECT_EQ(latest_valid_checkpoint(dir_), std::nullopt);
-  save_checkpoint(dir_, 9, sample_checkpoint(1.0), 0);   // 9 < 10 < 200: numeric, not text, order
-  save_checkpoint(dir_, 10, sample_checkpoint(2.0), 0);
-  const fs::path newest = save_checkpoint(dir_, 200, sample_checkpoint(3.0), 0);
-  write_file(dir_ / "ckpt-300.safetensors.tmp.4242", "a crashed save");  // not a checkpoint
-  EXPECT_EQ(latest_valid_checkpoint(dir_), newest);
-
-  const std::string bytes = read_file(newest);
-  write_file(newest, bytes.substr(0, bytes.size() - 10));
-  ::testing::internal::CaptureStderr();
-  const auto found = latest_valid_checkpoint(dir_);
-  const std::string warning = ::testing::internal::GetCapturedStderr();
-  EXPECT_EQ(found, dir_ / "ckpt-10.safetensors");
-  EXPECT_NE(warning.find("skipping checkpoint " + newest.string()), std::string::npos) << warning;
-  EXPECT_NE(warning.find("truncated"), std::string::npos) << warning;
-  EXPECT_EQ(load_checkpoint(*found).model[0].second.to_vector<double>()[0], 2.0);
-}
-
-TEST_F(IoTest, CheckpointWithAFlippedByteFailsItsChecksum) {
-  const fs::path path = save_checkpoint(dir_, 7, sample_checkpoint(1.0), 0);
-  std::string bytes = read_file(path);
-  bytes[bytes.size() - 5] ^= 0x10;  // inside the last tensor's data
-  write_file(path, bytes);
-  EXPECT_TRUE(throws_with([&] { load_checkpoint(path); }, {path.string(), "checksum mismatch", "corrupt"}));
-  ::testing::internal::CaptureStderr();
-  EXPECT_EQ(latest_valid_checkpoint(dir_), std::nullopt);
-  EXPECT_NE(::testing::internal::GetCapturedStderr().find("checksum mismatch"), std::string::npos);
-
-  const fs::path plain = dir_ / "plain.safetensors";
-  save_safetensors(plain, {{"model.w", zeros({1})}});
-  EXPECT_TRUE(throws_with([&] { load_checkpoint(plain); }, {plain.string(), "not a kiln checkpoint"}));
-}
-
-TEST_F(IoTest, FailedCheckpointSaveLeavesPreviousCheckpointsIntact) {
-  const CheckpointContents small = sample_checkpoint(1.0);
-  save_checkpoint(dir_, 5, small, 0);
-  save_checkpoint(dir_, 6, small, 0);
-  const std::string before = read_file(checkpoint_path(dir_, 6));
-  CheckpointContents big = sample_checkpoint(2.0);
-  big.model.emplace_back("embedding", zeros({256, 64}));  // 64 KB
-  {
-    FileSizeLimit limit(4096);
-    EXPECT_TRUE(throws_with([&] { save_checkpoint(dir_, 6, big, 1); }, {"ckpt-6.safetensors"}));
-  }
-  EXPECT_EQ(read_file(checkpoint_path(dir_, 6)), before) << "old file replaced by a failed save";
-  EXPECT_EQ(steps_in(dir_), (std::vector<int64_t>{5, 6})) << "keep_last_k ran after a failed save";
-  expect_no_temporaries(dir_);
-  EXPECT_EQ(latest_valid_checkpoint(dir_), checkpoint_path(dir_, 6));
 }
 
 }  // namespace
