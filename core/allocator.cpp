@@ -52,16 +52,6 @@ class CudaTensorAllocator final : public Allocator {
  private:
   int device_;
 };
-
-class PinnedAllocator final : public Allocator {
- public:
-  void* allocate(std::size_t bytes) override {
-    void* p = nullptr;
-    KILN_CUDA_CHECK(cudaMallocHost(&p, bytes));
-    return p;
-  }
-  void deallocate(void* ptr) override { cudaFreeHost(ptr); }
-};
 #endif
 
 }  // namespace
@@ -83,16 +73,6 @@ Allocator* allocator_for(Device device) {
 #else
   KILN_FAIL("cannot allocate on ", device, ": kiln was built without CUDA");
 #endif
-}
-
-Allocator* pinned_host_allocator() {
-#ifdef KILN_WITH_CUDA
-  if (cuda_device_count() > 0) {
-    static PinnedAllocator instance;
-    return &instance;
-  }
-#endif
-  return cpu_allocator();
 }
 
 }  // namespace kiln

@@ -18,7 +18,5 @@ class Allocator {
 Allocator* cpu_allocator();
 // CPU allocator for cpu, the caching allocator of the device for cuda:N.
 Allocator* allocator_for(Device device);
-// Pinned (page-locked) host memory when CUDA is present, plain host memory otherwise.
-Allocator* pinned_host_allocator();
 
 }  // namespace kiln
