@@ -21,6 +21,18 @@ inline void check_softmax_backward_args(const Tensor& grad_in, const Tensor& gra
              grad_in.meta_str());
 }
 
+// Every target is ignore_index or a class in [0, classes), checked on the CPU where the row can be
+// named; `op` and `noun` word the error ("cross_entropy", "classes").
+template <class Idx>
+void check_class_targets(const Idx* t, int64_t rows, int64_t classes, int64_t ignore_index, const char* op,
+                         const char* noun) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t target = static_cast<int64_t>(t[r]);
+    KILN_CHECK(target == ignore_index || (target >= 0 && target < classes), op, ": target ", target,
+               " at row ", r, " is out of range for ", classes, " ", noun, " (ignore_index ", ignore_index, ")");
+  }
+}
+
 // Per-row losses and their gradients are f32, or f64 for f64 logits.
 inline DType loss_dtype_for(DType logits) { return logits == DType::f64 ? DType::f64 : DType::f32; }
 

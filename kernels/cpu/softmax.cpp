@@ -143,16 +143,6 @@ void softmax_backward_kernel(Tensor& grad_in, const Tensor& grad_out, const Tens
 }
 
 // ------------------------------------------------------------------ cross-entropy
-template <class Idx>
-void check_targets(const Idx* t, int64_t rows, int64_t classes, int64_t ignore_index) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t target = static_cast<int64_t>(t[r]);
-    KILN_CHECK(target == ignore_index || (target >= 0 && target < classes), "cross_entropy: target ",
-               target, " at row ", r, " is out of range for ", classes, " classes (ignore_index ",
-               ignore_index, ")");
-  }
-}
-
 // loss = (1-e) * (lse - x[t]) + e * (lse - mean(x)); 0 for ignored rows.
 template <class T, class Idx>
 void cross_entropy_typed(opmath_t<T>* losses, const T* logits, const Idx* targets, int64_t rows,
@@ -206,7 +196,7 @@ void cross_entropy_kernel(Tensor& losses, const Tensor& logits, const Tensor& ta
     using T = scalar_t;
     KILN_DISPATCH_INDEX(targets.dtype(), "cross_entropy", [&] {
       const auto* t = static_cast<const scalar_t*>(targets.data_ptr());
-      check_targets(t, rows, classes, ignore_index);
+      check_class_targets(t, rows, classes, ignore_index, "cross_entropy", "classes");
       cross_entropy_typed(static_cast<opmath_t<T>*>(losses.data_ptr()),
                           static_cast<const T*>(logits.data_ptr()), t, rows, classes, ignore_index,
                           label_smoothing);
@@ -223,7 +213,7 @@ void cross_entropy_backward_kernel(Tensor& dlogits, const Tensor& logits, const 
     using T = scalar_t;
     KILN_DISPATCH_INDEX(targets.dtype(), "cross_entropy backward", [&] {
       const auto* t = static_cast<const scalar_t*>(targets.data_ptr());
-      check_targets(t, rows, classes, ignore_index);
+      check_class_targets(t, rows, classes, ignore_index, "cross_entropy", "classes");
       cross_entropy_backward_typed(static_cast<T*>(dlogits.data_ptr()),
                                    static_cast<const T*>(logits.data_ptr()), t,
                                    static_cast<const opmath_t<T>*>(grad_losses.data_ptr()),

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/dispatch/transformer.h"
+#include "kernels/softmax_common.h"
 #include "kernels/transformer_common.h"
 
 namespace kiln {
@@ -221,16 +222,6 @@ void layer_norm_backward_cpu(Tensor& dx, Tensor& dweight, Tensor& dbias, const T
 }
 
 // ================================================================ fused classifier
-template <class Idx>
-void check_targets(const Idx* t, int64_t rows, int64_t valid, int64_t ignore_index) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t target = static_cast<int64_t>(t[r]);
-    KILN_CHECK(target == ignore_index || (target >= 0 && target < valid), "fused_cross_entropy: target ",
-               target, " at row ", r, " is out of range for ", valid, " valid classes (ignore_index ",
-               ignore_index, ")");
-  }
-}
-
 template <class T, class Idx>
 void fused_cross_entropy_typed(opmath_t<T>* losses, T* dlogits, const T* logits, const Idx* targets,
                                opmath_t<T> scale, int64_t rows, int64_t classes, int64_t valid,
@@ -271,7 +262,7 @@ void fused_cross_entropy_cpu(Tensor& losses, Tensor& dlogits, const Tensor& logi
     const A scale = *static_cast<const A*>(grad_scale.data_ptr());
     KILN_DISPATCH_INDEX(targets.dtype(), "fused_cross_entropy", [&] {
       const auto* t = static_cast<const scalar_t*>(targets.data_ptr());
-      check_targets(t, rows, valid_classes, ignore_index);
+      check_class_targets(t, rows, valid_classes, ignore_index, "fused_cross_entropy", "valid classes");
       fused_cross_entropy_typed(static_cast<A*>(losses.data_ptr()), data_or_null_mut<T>(dlogits),
                                 static_cast<const T*>(logits.data_ptr()), t, scale, rows, classes,
                                 valid_classes, ignore_index);
