@@ -38,6 +38,8 @@ template <class T> struct opmath { using type = T; };
 template <> struct opmath<Half> { using type = float; };
 template <> struct opmath<BFloat16> { using type = float; };
 template <class T> using opmath_t = typename opmath<T>::type;
+// The same rule for a run-time dtype: where statistics, losses and sums are kept (f64 stays f64).
+inline DType accumulate_dtype(DType t) { return t == DType::f64 ? DType::f64 : DType::f32; }
 
 }  // namespace kiln
 

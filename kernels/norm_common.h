@@ -17,9 +17,6 @@ const A* data_or_null(const Tensor& t) {
   return t.defined() ? static_cast<const A*>(t.data_ptr()) : nullptr;
 }
 
-// The dtype of the per-channel tensors: f32, or f64 for f64 inputs.
-inline DType norm_acc_dtype(DType t) { return t == DType::f64 ? DType::f64 : DType::f32; }
-
 inline void check_norm_input(const Tensor& x, NormGeometry g, const char* what) {
   KILN_CHECK(x.is_contiguous() && x.numel() == g.n * g.channels * g.inner, what, ": input ",
              x.meta_str(), " is not a contiguous [", g.n, ", ", g.channels, ", ", g.inner, "]");
@@ -29,10 +26,10 @@ inline void check_norm_input(const Tensor& x, NormGeometry g, const char* what) 
 inline void check_per_channel(std::initializer_list<const Tensor*> ts, const Tensor& x, NormGeometry g,
                               const char* what) {
   for (const Tensor* t : ts) {
-    KILN_CHECK(!t->defined() || (t->is_contiguous() && t->dtype() == norm_acc_dtype(x.dtype()) &&
+    KILN_CHECK(!t->defined() || (t->is_contiguous() && t->dtype() == accumulate_dtype(x.dtype()) &&
                                  t->numel() == g.channels && t->device() == x.device()),
                what, ": per-channel tensor ", t->meta_str(), " (expected contiguous ",
-               norm_acc_dtype(x.dtype()), "[", g.channels, "] on ", x.device(), ")");
+               accumulate_dtype(x.dtype()), "[", g.channels, "] on ", x.device(), ")");
   }
 }
 

@@ -33,16 +33,13 @@ void check_class_targets(const Idx* t, int64_t rows, int64_t classes, int64_t ig
   }
 }
 
-// Per-row losses and their gradients are f32, or f64 for f64 logits.
-inline DType loss_dtype_for(DType logits) { return logits == DType::f64 ? DType::f64 : DType::f32; }
-
 // `per_row`: the losses (forward) or their gradient (backward).
 inline void check_cross_entropy_args(const Tensor& logits, const Tensor& targets, const Tensor& per_row,
                                      const char* what) {
   KILN_CHECK(logits.dim() == 2 && logits.is_contiguous() && targets.dim() == 1 &&
                  targets.is_contiguous() && targets.size(0) == logits.size(0) &&
                  per_row.dim() == 1 && per_row.size(0) == logits.size(0) &&
-                 per_row.dtype() == loss_dtype_for(logits.dtype()),
+                 per_row.dtype() == accumulate_dtype(logits.dtype()),
              what, ": logits ", logits.meta_str(), ", targets ", targets.meta_str(), ", per-row ",
              per_row.meta_str());
 }

@@ -12,9 +12,6 @@
 
 namespace kiln {
 
-// Per-row statistics, per-channel parameters and losses: f32, or f64 for f64 activations.
-inline DType transformer_acc_dtype(DType t) { return t == DType::f64 ? DType::f64 : DType::f32; }
-
 // The data of an optional tensor, or null when it is undefined.
 template <class T>
 T* data_or_null_mut(const Tensor& t) {
@@ -35,7 +32,7 @@ inline void check_embedding_args(const Tensor& rows, const Tensor& table, const 
 // dtype on x's device.
 inline void check_acc_vectors(std::initializer_list<const Tensor*> ts, const Tensor& x, int64_t numel,
                               const char* what) {
-  const DType acc = transformer_acc_dtype(x.dtype());
+  const DType acc = accumulate_dtype(x.dtype());
   for (const Tensor* t : ts) {
     KILN_CHECK(!t->defined() || (t->is_contiguous() && t->dtype() == acc && t->numel() == numel &&
                                  t->device() == x.device()),

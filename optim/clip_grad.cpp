@@ -21,7 +21,7 @@ double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm) {
     grads.push_back(g);
     // One element per gradient, gathered on the first gradient's device (a no-op copy unless
     // the parameters span devices).
-    const DType acc = g.dtype() == DType::f64 ? DType::f64 : DType::f32;
+    const DType acc = accumulate_dtype(g.dtype());
     const Tensor gd = g.detach().to(acc);
     sums.push_back(sum(mul(gd, gd)).to(DType::f64).reshape({1}).to(grads[0].device()));
   }

@@ -66,15 +66,13 @@ Tensor naive_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool c
   return matmul(softmax(scores, -1), v);
 }
 
-DType lse_dtype(DType t) { return t == DType::f64 ? DType::f64 : DType::f32; }
-
 Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
                        const AttentionShape& s) {
   const Tensor q3 = q.detach().contiguous().view({s.heads(), s.Tq, s.D});
   const Tensor k3 = k.detach().contiguous().view({s.heads(), s.Tk, s.D});
   const Tensor v3 = v.detach().contiguous().view({s.heads(), s.Tk, s.D});
   Tensor out = Tensor::empty({s.B, s.H, s.Tq, s.D}, q.options());
-  Tensor lse = Tensor::empty({s.heads(), s.Tq}, {lse_dtype(q.dtype()), q.device()});
+  Tensor lse = Tensor::empty({s.heads(), s.Tq}, {accumulate_dtype(q.dtype()), q.device()});
   if (out.numel() > 0) {
     Tensor out3 = out.view({s.heads(), s.Tq, s.D});
     flash_attention_forward_stub(q.device(), out3, lse, q3, k3, v3, causal, scale);

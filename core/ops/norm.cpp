@@ -30,8 +30,6 @@ namespace {
 
 constexpr const char* kNode = "BatchNormBackward";
 
-DType accumulation_dtype(DType t) { return t == DType::f64 ? DType::f64 : DType::f32; }
-
 // A per-channel argument as the kernels read it, cut from the graph; undefined stays undefined.
 Tensor as_per_channel(const Tensor& t, DType acc) {
   return t.defined() ? t.detach().to(acc).contiguous() : Tensor();
@@ -80,7 +78,7 @@ Tensor batch_norm(const Tensor& input, const Tensor& weight, const Tensor& bias,
              input.meta_str());
 
   const Device device = input.device();
-  const DType acc = accumulation_dtype(input.dtype());
+  const DType acc = accumulate_dtype(input.dtype());
   const TensorOptions acc_opts{acc, device};
   const Tensor x = input.detach().contiguous();
   const Tensor w = as_per_channel(weight, acc), b = as_per_channel(bias, acc);

@@ -62,7 +62,7 @@ Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
 // with respect to the logits.
 Tensor row_losses(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
                   double label_smoothing) {
-  const DType loss_dtype = logits.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  const DType loss_dtype = accumulate_dtype(logits.dtype());
   Tensor losses = Tensor::empty({logits.size(0)}, {loss_dtype, logits.device()});
   Tensor x = logits.detach(), t = targets.detach();
   if (losses.numel() > 0) cross_entropy_stub(x.device(), losses, x, t, ignore_index, label_smoothing);

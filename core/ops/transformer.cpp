@@ -28,8 +28,6 @@ DispatchStub<void(Tensor& losses, Tensor& dlogits, const Tensor& logits, const T
 
 namespace {
 
-DType acc_dtype(DType t) { return t == DType::f64 ? DType::f64 : DType::f32; }
-
 void check_index_tensor(const Tensor& indices, const Tensor& other, const char* op, const char* name) {
   KILN_CHECK(indices.dtype() == DType::i64 || indices.dtype() == DType::i32, op, ": ", name,
              " must be integer indices (i64 or i32), got ", indices.meta_str());
@@ -68,7 +66,7 @@ Tensor as_param(const Tensor& p, DType acc) { return p.defined() ? p.detach().to
 // values of), weight and bias.
 Tensor normalize_rows(const Tensor& input, const Tensor& x2d, const Tensor& residual2d, Tensor& sum2d,
                       const Tensor& weight, const Tensor& bias, double eps, const Shape& out_shape) {
-  const DType acc = acc_dtype(x2d.dtype());
+  const DType acc = accumulate_dtype(x2d.dtype());
   const int64_t rows = x2d.size(0);
   const Tensor w = as_param(weight, acc), b = as_param(bias, acc);
   Tensor out = Tensor::empty(out_shape, x2d.options());
@@ -199,7 +197,7 @@ Tensor fused_cross_entropy(const Tensor& logits, const Tensor& targets, int64_t 
   KILN_CHECK(valid_classes >= 1 && valid_classes <= classes, op, ": valid_classes ", valid_classes,
              " must be in [1, ", classes, "] for logits ", logits.meta_str());
 
-  const DType acc = acc_dtype(logits.dtype());
+  const DType acc = accumulate_dtype(logits.dtype());
   const Device dev = logits.device();
   const Tensor x = logits.detach().contiguous().view({logits.numel() / classes, classes});
   const Tensor t = targets.detach().reshape({-1}).contiguous();

@@ -332,7 +332,7 @@ void layer_norm_backward_cuda(Tensor& dx, Tensor& dweight, Tensor& dbias, const 
     T* dxp = data_or_null_mut<T>(dx);
     const A* wp = data_or_null_mut<const A>(weight);
     const int vec = cuda::vec_width<T>(cols, {dxp, dyp, xp});
-    const TensorOptions acc_opts{transformer_acc_dtype(x.dtype()), x.device()};
+    const TensorOptions acc_opts{accumulate_dtype(x.dtype()), x.device()};
     const int64_t sms = cuda::device_properties().multiProcessorCount;
     constexpr int kThreads = 256;
     const int64_t col_blocks = ceil_div(cols, kThreads);
