@@ -17,6 +17,17 @@
 //
 // Gradient accumulation: backward passes inside a no_sync() guard only accumulate into .grad;
 // the first backward outside it reduces the accumulated sum.
+//
+// Unused parameters: a parameter that got no gradient on a rank (in any backward since the last
+// sync, no_sync ones included) contributes zeros, so one used on some ranks gets the average
+// with zeros from the others, as in PyTorch. One that no rank used keeps its .grad as it was
+// (undefined after zero_grad()), so optimizers skip it and weight decay leaves it alone, as in
+// a single process. Each rank's used-flags ride in the last bucket's all-reduce (it starts only
+// after every other bucket, when the flags are final), so this costs no extra collective; a
+// rank reads them back (a device sync on CUDA) only when it left some parameter unused itself.
+// Hence no find_unused_parameters switch: PyTorch's walks the autograd graph after every forward
+// and adds an all-reduce and a read-back; here a bucket with a missing gradient simply starts in
+// finish_gradient_sync() (without overlap), and detection costs a few bytes per step.
 #pragma once
 
 #include <chrono>
@@ -63,7 +74,8 @@ class DistributedDataParallel {
 
   // After backward (outside no_sync): starts the buckets that are not started yet (parameters
   // without a gradient count as zeros, so every rank reduces the same buffers), waits for all,
-  // and writes the averaged gradients back into each parameter's .grad. A no-op when the last
+  // and writes the averaged gradients back into each parameter's .grad, except for parameters
+  // that no rank used since the last sync, whose .grad is left untouched. A no-op when the last
   // backward ran under no_sync or no backward ran since the last call.
   void finish_gradient_sync();
 
@@ -82,6 +94,9 @@ class DistributedDataParallel {
   NoSyncGuard no_sync() { return NoSyncGuard(*this); }
 
   const OverlapStats& last_overlap() const;
+  // Parameter indices (into module.parameters()) that no rank used in the last synchronised
+  // window, ascending: their .grad was left as it was.
+  const std::vector<int>& last_unused_parameters() const;
   // Parameter indices (into module.parameters()) of each bucket, in launch order.
   std::vector<std::vector<int>> bucket_layout() const;
 

@@ -19,6 +19,7 @@
 #include "dist/ddp.h"
 #include "dist/zero.h"
 #include "models/registry.h"
+#include "nn/linear.h"
 #include "optim/clip_grad.h"
 #include "optim/param_groups.h"
 #include "optim/registry.h"
@@ -343,6 +344,129 @@ TEST(Zero, ResumeContinuesExactly) {
     EXPECT_EQ(run_ranks("ZeroWorker.ResumeContinuesExactly", world), std::vector<int>(static_cast<size_t>(world), 0))
         << world << " ranks";
 }
+
+// ---------------------------------------------------------------- unused parameters
+// Three branches: `shared` is used on every rank, `dead` on none, `one_rank` only by rank 0 in its
+// first micro-step (under no_sync when accumulating). As in one process, `dead` must keep an
+// undefined .grad, so AdamW (weight decay 0.1) never moves it; `one_rank` gets rank 0's gradient
+// averaged with zeros from the others.
+struct Branches : nn::Module {
+  std::shared_ptr<nn::Linear> shared, dead, one_rank;
+  Branches() : Module("Branches") {
+    manual_seed(1);
+    shared = register_module("shared", std::make_shared<nn::Linear>(kFeatures, kClasses));
+    dead = register_module("dead", std::make_shared<nn::Linear>(kFeatures, kClasses));
+    one_rank = register_module("one_rank", std::make_shared<nn::Linear>(kFeatures, kClasses));
+  }
+  Tensor forward(const Tensor& x) override { return (*shared)(x); }
+};
+
+// Rank `rank`'s loss on micro-step `m` of `step`, scaled so that the ranks' average is the
+// one-process loss on the global batch.
+Tensor branches_loss(Branches& model, int step, int rank, int m, int world, int accum) {
+  auto [x, y] = global_batch(step);
+  const int64_t micro = kGlobalBatch / world / accum;
+  const int64_t start = (rank * accum + m) * micro;
+  const Tensor xs = x.reshape({kGlobalBatch, kFeatures}).narrow(0, start, micro), ys = y.narrow(0, start, micro);
+  Tensor loss = cross_entropy((*model.shared)(xs), ys, -100, Reduction::mean);
+  if (rank == 0 && m == 0) loss = add(loss, cross_entropy((*model.one_rank)(xs), ys, -100, Reduction::mean));
+  return mul(loss, 1.0 / accum);
+}
+
+std::vector<float> values_or_zeros(const Tensor& p) {
+  return p.grad().defined() ? p.grad().to_vector<float>() : std::vector<float>(static_cast<size_t>(p.numel()), 0.0f);
+}
+
+TEST(DdpWorker, UnusedParameters) {
+  if (!is_dist_worker()) GTEST_SKIP() << "runs as a rank of DdpUnused tests";
+  const int accum = env_int("DDP_ACCUM", 1);
+  auto comm = dist::init_process_group(dist::options_from_env(), kCPU);
+  const int rank = comm->rank(), world = comm->world_size();
+  Branches model;
+  auto opt = make_adamw(model);
+  const dist::DDPOptions options{.bucket_mb = std::atof(std::getenv("DDP_BUCKET_MB"))};
+  dist::DistributedDataParallel ddp(model, *comm, options);
+  const std::vector<Tensor> params = model.parameters();  // shared.{weight,bias}, dead.*, one_rank.*
+  ASSERT_EQ(params.size(), 6u);
+  const std::vector<float> dead_before = model.dead->weight.to_vector<float>();
+  for (int step = 0; step < kSteps; ++step) {
+    for (int m = 0; m < accum; ++m) {
+      Tensor loss = branches_loss(model, step, rank, m, world, accum);
+      if (m + 1 < accum) {
+        auto guard = ddp.no_sync();
+        loss.backward();
+      } else {
+        loss.backward();
+      }
+    }
+    // Before the sync .grad holds this rank's gradients: the expected average is their sum over
+    // ranks (undefined as zeros) / world, computed here with a plain all-reduce.
+    std::vector<std::vector<float>> expected;
+    for (const Tensor& p : params) {
+      Tensor local = from_vector(values_or_zeros(p), {p.numel()});
+      comm->all_reduce(local, dist::ReduceOp::sum);
+      expected.push_back(mul(local, 1.0 / world).to_vector<float>());
+    }
+    EXPECT_EQ(params[4].grad().defined(), rank == 0);  // the test's premise
+    ddp.finish_gradient_sync();
+
+    EXPECT_EQ(ddp.last_unused_parameters(), (std::vector<int>{2, 3})) << "step " << step;
+    EXPECT_FALSE(model.dead->weight.grad().defined()) << "rank " << rank << " step " << step;
+    EXPECT_FALSE(model.dead->bias.grad().defined()) << "rank " << rank << " step " << step;
+    for (size_t i : {0u, 1u, 4u, 5u}) {
+      ASSERT_TRUE(params[i].grad().defined()) << "parameter " << i << " rank " << rank;
+      EXPECT_LE(max_abs_diff(params[i].grad().to_vector<float>(), expected[i]), 1e-7f)
+          << "parameter " << i << " rank " << rank << " step " << step;
+    }
+    opt->step();
+    opt->zero_grad();
+    EXPECT_EQ(model.dead->weight.to_vector<float>(), dead_before) << "step " << step;
+  }
+  write_floats(fs::path(std::getenv("DDP_OUT")) / ("rank" + std::to_string(rank) + ".bin"), flat_weights(model));
+}
+
+class DdpUnused : public ::testing::TestWithParam<std::tuple<int, int, double>> {};
+
+TEST_P(DdpUnused, UnusedEverywhereKeepsNoGradientAsInOneProcess) {
+  const auto [world, accum, bucket_mb] = GetParam();
+  const fs::path out = kiln::testing::make_temp_dir("kiln_ddp_unused_");
+  ASSERT_FALSE(out.empty());
+  kiln::testing::RankOptions ro;
+  ro.extra_env = [&](int) {
+    return std::vector<std::string>{"DDP_ACCUM=" + std::to_string(accum), "DDP_BUCKET_MB=" + std::to_string(bucket_mb),
+                                    "DDP_OUT=" + out.string(), "KILN_DIST_TIMEOUT_S=30"};
+  };
+  EXPECT_EQ(run_ranks("DdpWorker.UnusedParameters", world, ro), std::vector<int>(static_cast<size_t>(world), 0));
+
+  // One process: the same losses summed over ranks / world, one backward per step.
+  Branches model;
+  auto opt = make_adamw(model);
+  const std::vector<float> dead_before = model.dead->weight.to_vector<float>();
+  for (int step = 0; step < kSteps; ++step) {
+    Tensor total;
+    for (int r = 0; r < world; ++r)
+      for (int m = 0; m < accum; ++m) {
+        Tensor l = mul(branches_loss(model, step, r, m, world, accum), 1.0 / world);
+        total = total.defined() ? add(total, l) : l;
+      }
+    total.backward();
+    EXPECT_FALSE(model.dead->weight.grad().defined());
+    opt->step();
+    opt->zero_grad();
+  }
+  EXPECT_EQ(model.dead->weight.to_vector<float>(), dead_before);
+  const std::vector<float> rank0 = read_floats(out / "rank0.bin");
+  const float diff = max_abs_diff(flat_weights(model), rank0);
+  EXPECT_LE(diff, 1e-6f);
+  std::printf("%d ranks, accum %d, bucket %g MB: max |w - w_single| = %.3g\n", world, accum, bucket_mb, diff);
+  for (int r = 1; r < world; ++r)
+    EXPECT_EQ(read_floats(out / ("rank" + std::to_string(r) + ".bin")), rank0) << "rank " << r;
+  fs::remove_all(out);
+}
+
+// (world, accum, bucket_mb): one bucket; a bucket per parameter with `one_rank` used only under no_sync.
+INSTANTIATE_TEST_SUITE_P(Cases, DdpUnused,
+                         ::testing::Values(std::make_tuple(2, 1, 25.0), std::make_tuple(3, 2, 0.0001)));
 
 // ---------------------------------------------------------------- through the runner
 // kiln launch + kiln train on Fashion-MNIST: N ranks with data.batch_size B / N (and, with
