@@ -44,6 +44,8 @@ class DistributedRun {
   int world_size() const { return comm_ ? comm_->world_size() : 1; }
   bool is_main() const { return rank() == 0; }
   Device device() const { return device_; }
+  // The process group (null in a single process): for collectives of the data, e.g. evaluation.
+  dist::Communicator* communicator() const { return comm_.get(); }
   std::string describe() const;  // "2 ranks, gloo, DDP (25 MB buckets)"
 
   // `make` runs on rank 0; every rank gets its result.

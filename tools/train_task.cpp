@@ -1,14 +1,18 @@
 // The two training tasks: image classification and next-token prediction on token shards.
 #include "tools/train_task.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <sstream>
+#include <vector>
 
 #include "core/autograd.h"
 #include "core/ops.h"
 #include "data/dataset.h"
+#include "data/sampler.h"
 #include "data/token_loader.h"
+#include "dist/communicator.h"
 #include "models/gpt.h"
 #include "tools/io/hf_gpt2.h"
 
@@ -34,11 +38,54 @@ int64_t rows_per_step(const Config& cfg) {
   return cfg.get_int("data.batch_size") * cfg.get_int("train.grad_accum_steps");
 }
 
+// ---------------------------------------------------------------- evaluation across ranks
+// Rank `rank`'s batches of a sequential evaluation pass of `num_batches` batches: k = rank,
+// rank + world_size, ... Whole batches are dealt out, not items, so each batch is the one a
+// single process evaluates and its loss sum (reduced by the loss in f32) is the same bit for
+// bit; only the order in which the f64 batch sums add up differs. Nothing is padded or dropped
+// (unlike DistributedSampler): a rank gets at most one batch fewer than another, or none.
+std::vector<int64_t> batches_of_rank(int64_t num_batches, int rank, int world_size) {
+  std::vector<int64_t> mine;
+  for (int64_t k = rank; k < num_batches; k += world_size) mine.push_back(k);
+  return mine;
+}
+
+// The indices of a rank's batches (batches_of_rank) of a sequential pass over `n` items in
+// batches of `batch_size`. A DataLoader with the same batch_size cuts them into exactly those
+// batches: only the pass's last batch can be short, and it comes last on its rank.
+class EvalShardSampler final : public Sampler {
+ public:
+  EvalShardSampler(int64_t n, int64_t batch_size, int rank, int world_size) {
+    for (int64_t k : batches_of_rank((n + batch_size - 1) / batch_size, rank, world_size))
+      for (int64_t i = k * batch_size; i < std::min(n, (k + 1) * batch_size); ++i) indices_.push_back(i);
+  }
+  int64_t size() const override { return static_cast<int64_t>(indices_.size()); }
+  std::vector<int64_t> indices(int64_t /*epoch*/) const override { return indices_; }
+
+ private:
+  std::vector<int64_t> indices_;
+};
+
+// Sums over one rank's share of an evaluation.
+struct EvalSums {
+  double loss = 0, correct = 0, count = 0;
+};
+
+// The sums over all ranks, on every rank: one all-reduce of an f64 [3] tensor on the task's
+// device (NCCL moves only CUDA tensors). Every rank calls it once per evaluation, so the
+// collectives stay in step even where a rank had nothing to evaluate.
+EvalSums all_reduce_sums(dist::Communicator& comm, Device device, const EvalSums& s) {
+  Tensor t = from_vector(std::vector<double>{s.loss, s.correct, s.count}, {3}, {.dtype = DType::f64, .device = device});
+  comm.all_reduce(t, dist::ReduceOp::sum);
+  const std::vector<double> v = t.to_vector<double>();
+  return {v[0], v[1], v[2]};
+}
+
 // ---------------------------------------------------------------- images
 class ImageTask final : public TrainTask {
  public:
-  ImageTask(const Config& cfg, Device device, bool training, int rank, int world_size)
-      : cfg_(cfg), label_smoothing_(cfg.get_float("train.label_smoothing")) {
+  ImageTask(const Config& cfg, Device device, bool training, int rank, int world_size, dist::Communicator* comm)
+      : cfg_(cfg), label_smoothing_(cfg.get_float("train.label_smoothing")), device_(device), comm_(comm) {
     const std::string dataset = cfg.get_string("data.dataset"), dir = cfg.get_string("data.dir");
     if (training) {
       train_set_ = std::make_shared<ImageDataset>(load_dataset(dataset, "train", dir));
@@ -51,7 +98,14 @@ class ImageTask final : public TrainTask {
       train_loader_ = std::make_unique<DataLoader>(train_set_, o, sampler);
     }
     test_set_ = std::make_shared<ImageDataset>(load_dataset(dataset, "test", dir));
-    test_loader_ = std::make_unique<DataLoader>(test_set_, loader_options(false, device));
+    const DataLoaderOptions eval_options = loader_options(false, device);
+    if (!comm_) {
+      test_loader_ = std::make_unique<DataLoader>(test_set_, eval_options);
+    } else {  // this rank's batches of the test split; no loader when it has none
+      auto sampler = std::make_shared<EvalShardSampler>(test_set_->size(), eval_options.batch_size, comm_->rank(),
+                                                        comm_->world_size());
+      if (sampler->size() > 0) test_loader_ = std::make_unique<DataLoader>(test_set_, eval_options, sampler);
+    }
   }
 
   models::ModelSpec model_spec() const override { return model_spec_from(cfg_, test_set_->sample_shape()); }
@@ -76,11 +130,11 @@ class ImageTask final : public TrainTask {
     const bool was_training = model.is_training();
     model.eval();
     NoGradGuard no_grad;
-    test_loader_->set_state({});
     Tensor loss_sum, correct;
     int64_t n = 0;
     Batch b;
-    while (test_loader_->next(b)) {
+    if (test_loader_) test_loader_->set_state({});
+    while (test_loader_ && test_loader_->next(b)) {
       Tensor logits = model(b.inputs);
       Tensor l = cross_entropy(logits, b.targets, -100, Reduction::sum).to(DType::f64);
       Tensor c = sum(eq(argmax(logits, 1), b.targets));
@@ -89,11 +143,16 @@ class ImageTask final : public TrainTask {
       n += b.targets.size(0);
     }
     model.train(was_training);
+    EvalSums s{loss_sum.defined() ? loss_sum.item() : 0.0, correct.defined() ? correct.item() : 0.0,
+               static_cast<double>(n)};
+    if (comm_) s = all_reduce_sums(*comm_, device_, s);
     Evaluation e;
+    e.local_items = n;
+    n = static_cast<int64_t>(s.count);
     e.items = n;
     if (n > 0) {
-      e.loss = loss_sum.item() / static_cast<double>(n);
-      e.accuracy = correct.item() / static_cast<double>(n);
+      e.loss = s.loss / static_cast<double>(n);
+      e.accuracy = s.correct / static_cast<double>(n);
     }
     e.metrics = {{"eval/loss", e.loss}, {"eval/accuracy", e.accuracy}};
     e.summary = "test loss " + fixed(e.loss, 4) + ", test accuracy " + fixed(100 * e.accuracy, 2) + "% (" +
@@ -133,8 +192,10 @@ class ImageTask final : public TrainTask {
 
   const Config& cfg_;
   double label_smoothing_;
+  Device device_;
+  dist::Communicator* comm_;  // null: one process evaluates the whole split
   std::shared_ptr<ImageDataset> train_set_, test_set_;
-  std::unique_ptr<DataLoader> train_loader_, test_loader_;
+  std::unique_ptr<DataLoader> train_loader_, test_loader_;  // test_loader_: null when this rank has no batch
 };
 
 // ---------------------------------------------------------------- tokens
@@ -164,8 +225,9 @@ std::unique_ptr<TokenLoader> open_shards(const Config& cfg, const std::string& k
 
 class LanguageModelTask final : public TrainTask {
  public:
-  LanguageModelTask(const Config& cfg, Device device, bool training, int rank, int world_size)
-      : cfg_(cfg), spec_(model_spec_from(cfg, {1, 1, 1})) {
+  LanguageModelTask(const Config& cfg, Device device, bool training, int rank, int world_size,
+                    dist::Communicator* comm)
+      : cfg_(cfg), spec_(model_spec_from(cfg, {1, 1, 1})), device_(device), comm_(comm) {
     KILN_CHECK(spec_.name == "gpt", "data.dataset tokens trains a language model: set model.name to gpt (got ",
                spec_.name, ")");
     const models::GPTConfig gpt = models::gpt_config(spec_);
@@ -186,9 +248,12 @@ class LanguageModelTask final : public TrainTask {
       o.rank = 0;
       o.world_size = 1;
     }
+    // The single-process val pass on every rank; with a communicator each rank jumps to its own
+    // batches (set_state), so batches built ahead would be the other ranks': no prefetch then.
     o.batch_size = cfg.get_int("data.batch_size");
     o.random = false;
     o.max_batches = cfg.get_int("eval.batches");
+    if (comm_) o.prefetch = 0;
     val_ = open_shards(cfg, "data.val_shards", o);
   }
 
@@ -216,20 +281,33 @@ class LanguageModelTask final : public TrainTask {
     const bool was_training = model.is_training();
     model.eval();
     NoGradGuard no_grad;
-    val_->reset();
     Tensor loss_sum;
     int64_t n = 0;
     Batch b;
-    while (val_->next(b)) {
+    auto add_batch = [&] {
       const int64_t t = tokens(b);
       Tensor l = mul(loss(model, b).to(DType::f64), static_cast<double>(t));
       loss_sum = loss_sum.defined() ? add(loss_sum, l) : l;
       n += t;
+    };
+    if (!comm_) {
+      val_->reset();
+      while (val_->next(b)) add_batch();
+    } else {
+      for (int64_t k : batches_of_rank(val_->num_batches(), comm_->rank(), comm_->world_size())) {
+        val_->set_state(k);
+        KILN_CHECK(val_->next(b), "val pass: batch ", k, " of ", val_->num_batches(), " is missing");
+        add_batch();
+      }
     }
     model.train(was_training);
+    EvalSums s{loss_sum.defined() ? loss_sum.item() : 0.0, 0.0, static_cast<double>(n)};
+    if (comm_) s = all_reduce_sums(*comm_, device_, s);
     Evaluation e;
+    e.local_items = n;
+    n = static_cast<int64_t>(s.count);
     e.items = n;
-    if (n > 0) e.loss = loss_sum.item() / static_cast<double>(n);
+    if (n > 0) e.loss = s.loss / static_cast<double>(n);
     const double ppl = std::exp(e.loss);
     e.metrics = {{"eval/loss", e.loss}, {"eval/perplexity", ppl}};
     e.summary = "val loss " + fixed(e.loss, 4) + ", perplexity " + fixed(ppl, 2) + " (" + std::to_string(n) + " tokens)";
@@ -247,6 +325,8 @@ class LanguageModelTask final : public TrainTask {
  private:
   const Config& cfg_;
   models::ModelSpec spec_;
+  Device device_;
+  dist::Communicator* comm_;  // null: one process evaluates the whole val pass
   int64_t seq_len_ = 0;
   std::unique_ptr<TokenLoader> train_, val_;
 };
@@ -279,15 +359,18 @@ models::ModelSpec model_spec_from(const Config& cfg, const Shape& chw) {
 // Token shards when data.dataset says tokens, or when shards are given and data.dataset is left
 // at its (image) default.
 std::unique_ptr<TrainTask> TrainTask::create(const Config& cfg, Device device, bool training, int rank,
-                                             int world_size) {
+                                             int world_size, dist::Communicator* comm) {
+  KILN_CHECK(!comm || (comm->rank() == rank && comm->world_size() == world_size), "TrainTask: rank ", rank, " of ",
+             world_size, " but the communicator is rank ", comm ? comm->rank() : 0, " of ",
+             comm ? comm->world_size() : 0);
   const std::string dataset = cfg.get_string("data.dataset");
   const bool shards = !cfg.get_string("data.train_shards").empty();
   if (dataset == "tokens" || (shards && !cfg.is_set("data.dataset")))
-    return std::make_unique<LanguageModelTask>(cfg, device, training, rank, world_size);
+    return std::make_unique<LanguageModelTask>(cfg, device, training, rank, world_size, comm);
   KILN_CHECK(!shards, "data.train_shards is set but data.dataset is ", dataset, ": token shards need data.dataset tokens");
   KILN_CHECK(cfg.get_string("model.name") != "gpt", "model gpt trains on token shards: set data.dataset tokens and ",
              "data.train_shards (data.dataset is ", dataset, ")");
-  return std::make_unique<ImageTask>(cfg, device, training, rank, world_size);
+  return std::make_unique<ImageTask>(cfg, device, training, rank, world_size, comm);
 }
 
 }  // namespace kiln

@@ -19,12 +19,17 @@
 #include "nn/module.h"
 #include "tools/config.h"
 
+namespace kiln::dist {
+class Communicator;
+}
+
 namespace kiln {
 
 struct Evaluation {
   double loss = 0;
   double accuracy = -1;    // images only; -1 when not measured
   int64_t items = 0;       // images, or tokens
+  int64_t local_items = 0; // of those, evaluated by this rank (all of them without a communicator)
   nlohmann::json metrics;  // "eval/loss", "eval/accuracy" or "eval/perplexity"
   std::string summary;     // "test loss 0.4123, test accuracy 85.10% (10000 images)"
 };
@@ -36,8 +41,10 @@ class TrainTask {
   // The task data.dataset asks for. `training` false builds only what evaluation needs.
   // rank/world_size: data parallelism; each rank trains on its own share of every epoch
   // (DistributedSampler) or of the token windows, data.batch_size rows per micro-batch.
+  // comm (the process group of those ranks, or null): evaluate() then splits the evaluation
+  // batches across its ranks and all-reduces the sums, so every rank must call it together.
   static std::unique_ptr<TrainTask> create(const Config& cfg, Device device, bool training, int rank = 0,
-                                           int world_size = 1);
+                                           int world_size = 1, dist::Communicator* comm = nullptr);
 
   // Everything model.* says, plus the input geometry of the data.
   virtual models::ModelSpec model_spec() const = 0;
@@ -51,7 +58,11 @@ class TrainTask {
   virtual Tensor loss(nn::Module& model, const Batch& batch) const = 0;
   // Tokens in `batch` (0 for images): the throughput LM runs report.
   virtual int64_t tokens(const Batch& batch) const = 0;
-  // One evaluation pass, in eval mode and without autograd; restores the model's mode.
+  // One evaluation pass, in eval mode and without autograd; restores the model's mode. With a
+  // communicator each rank runs whole batches k = rank, rank + world_size, ... of the
+  // single-process pass (none dropped or repeated) and every rank returns the evaluation of the
+  // whole split: the single-process one up to the order of the f64 sums. A collective: every
+  // rank calls it, also one whose share is empty.
   virtual Evaluation evaluate(nn::Module& model) = 0;
 
   // Where the training data stands, for checkpoints: next_batch() continues exactly from it.

@@ -137,7 +137,8 @@ TrainSummary train(const Config& cfg) {
 
   // Data first: a missing dataset or shard should fail before any work is done or any
   // directory is made.
-  auto task = TrainTask::create(cfg, device, /*training=*/true, dist.rank(), dist.world_size());
+  // Evaluation is split across the ranks too (each runs its share, the sums are all-reduced).
+  auto task = TrainTask::create(cfg, device, /*training=*/true, dist.rank(), dist.world_size(), dist.communicator());
 
   // Run directory: a fresh one, or the one named by log.run_dir (what resume uses).
   std::string name = cfg.get_string("log.name");
@@ -363,9 +364,11 @@ fs::path resolve_checkpoint(const std::string& checkpoint) {
 }
 
 EvalSummary evaluate(const Config& cfg, const std::string& checkpoint) {
-  const Device device = resolve_device(cfg.get_string("device"));
+  // Under kiln launch the ranks share the evaluation; every rank gets the whole split's result.
+  DistributedRun dist(cfg, resolve_device(cfg.get_string("device")));
+  const Device device = dist.device();
   io::CheckpointContents c = io::load_checkpoint(resolve_checkpoint(checkpoint));
-  auto task = TrainTask::create(cfg, device, /*training=*/false);
+  auto task = TrainTask::create(cfg, device, /*training=*/false, dist.rank(), dist.world_size(), dist.communicator());
   auto model = models::make_model(task->model_spec());
   model->load_state_dict(c.model);
   model->to(device);
