@@ -13,6 +13,9 @@
 //         backend run in bf16 on the same inputs, whichever is larger: bf16 rounds the inputs'
 //         products' results (8 mantissa bits, 4e-3 relative); naive and batched also round
 //         the scores and probabilities to bf16, and dS = P (dP - delta) cancels.
+// CUDA sources under test (scripts/gpu-check.sh lists them): kernels/cuda/attention.cu,
+// kernels/cuda/attention_softmax_kernels.cuh, kernels/cuda/flash_attention.cu,
+// kernels/cuda/flash_attention_kernels.cuh, kernels/cuda/matmul.cu (the batched backend).
 #include <gtest/gtest.h>
 
 #include <algorithm>

@@ -8,6 +8,8 @@
 //   bf16 2e-2, 1e-2 and f16 1e-2, 2e-3: both round the f32 result once; sums that cancel
 //        towards zero need the absolute part.
 //   f64  1e-10, 1e-12.
+// CUDA sources under test (scripts/gpu-check.sh lists them): kernels/cuda/conv.cu,
+// kernels/cuda/blas_handle.cu (its cuDNN handle).
 #include <gtest/gtest.h>
 
 #include <cmath>

@@ -1,5 +1,7 @@
 // CPU against CUDA for copies and random draws: strided copies with dtype conversion must give
 // the same bits on both devices, and one seed must give the same random stream on both.
+// CUDA sources under test (scripts/gpu-check.sh lists them): kernels/cuda/copy.cu,
+// kernels/cuda/random.cu.
 #include <gtest/gtest.h>
 
 #include <algorithm>

@@ -3,6 +3,7 @@
 // integer comparison, and the kept value one multiply in the same precision), for f32, f64,
 // bf16 and sizes that are and are not multiples of the 4 elements per Philox block; the CUDA
 // mask is also the CUDA rand() draw below p.
+// CUDA sources under test (scripts/gpu-check.sh lists them): kernels/cuda/dropout.cu.
 #include <gtest/gtest.h>
 
 #include <string>

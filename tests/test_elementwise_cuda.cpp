@@ -4,6 +4,7 @@
 // ulp (bf16: rtol 1e-2, the CPU side computed in bf16 too). Layouts cover each kernel path:
 // dense and 16-byte aligned (vectorised, with a tail: 2^20 + 3 elements), dense but
 // misaligned (a slice starting one element in), strided (transposed) and broadcast.
+// CUDA sources under test (scripts/gpu-check.sh lists them): kernels/cuda/elementwise.cu.
 #include <gtest/gtest.h>
 
 #include <cmath>

@@ -8,6 +8,9 @@
 //        reductions summed in other orders (~1e-6 each), through 2 layers and backward
 //   bf16 autocast (both devices)    logits 3e-2, loss 1e-2, gradients 5e-2: one bf16 rounding
 //        (2^-8 = 4e-3 relative) of a GEMM output can land on the other side on each device
+// CUDA sources under test (scripts/gpu-check.sh lists them): kernels/cuda/embedding.cu,
+// kernels/cuda/layernorm.cu, kernels/cuda/linear.cu, kernels/cuda/attention.cu,
+// kernels/cuda/flash_attention.cu, kernels/cuda/classifier.cu (a whole model).
 #include <gtest/gtest.h>
 
 #include <cmath>

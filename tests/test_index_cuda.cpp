@@ -7,6 +7,7 @@
 //   index_add, scatter_add: CUDA adds with atomics in no fixed order, so repeated indices
 //   round differently: f32 1e-5, bf16 1e-2 (every add rounds to bf16 on both sides).
 //   Backward passes inherit the tolerance of the op they run (select <-> add).
+// CUDA sources under test (scripts/gpu-check.sh lists them): kernels/cuda/index.cu.
 #include <gtest/gtest.h>
 
 #include <functional>

@@ -16,6 +16,8 @@
 // Shapes: GPT-2's MLP (768 -> 3072 with GELU, 3072 -> 768), an attention projection, widths
 // that are not multiples of 8 (cuBLASLt's GELU aux needs them: the op falls back), batched
 // [B, T, C] inputs, a sliced input read in place and a transposed weight.
+// CUDA sources under test (scripts/gpu-check.sh lists them): kernels/cuda/linear.cu,
+// kernels/cuda/cublaslt_common.h, kernels/cuda/blas_handle.cu, kernels/cuda/blas_handle.h.
 #include <gtest/gtest.h>
 
 #include <cmath>

@@ -7,6 +7,8 @@
 //   bf16 1e-2  f32 accumulation on both sides; one output rounding is 2^-8 relative.
 //   f16  5e-3  as bf16, with 2^-11 rounding.
 //   f64  1e-12
+// CUDA sources under test (scripts/gpu-check.sh lists them): kernels/cuda/matmul.cu,
+// kernels/cuda/cublaslt_common.h, kernels/cuda/blas_handle.cu, kernels/cuda/blas_handle.h.
 #include <gtest/gtest.h>
 
 #include <functional>

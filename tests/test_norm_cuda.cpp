@@ -9,6 +9,8 @@
 // The shapes cover the kernels' cases: [N, C] (one value per run, strided reads), [N, C, L],
 // [N, C, H, W] with runs longer and shorter than a block, more channels than the grid's
 // 65536 blocks (the grid-stride loop over channels), and a channel of 120000 values.
+// CUDA sources under test (scripts/gpu-check.sh lists them): kernels/cuda/norm.cu,
+// kernels/cuda/block_reduce.cuh.
 #include <gtest/gtest.h>
 
 #include <algorithm>

@@ -10,6 +10,7 @@
 // operation. f32 results must agree to 1e-6 relative; f64 to 1e-12. exp_avg can cancel
 // towards zero, where relative error means nothing, so each check also allows an absolute
 // slack of the same factor times the tensor's largest |value|.
+// CUDA sources under test (scripts/gpu-check.sh lists them): kernels/cuda/adamw.cu.
 #include <gtest/gtest.h>
 
 #include <algorithm>

@@ -4,6 +4,7 @@
 // pooling (which only selects and adds) must match exactly, ties and NaN included; average
 // pooling divides before adding on both, and is held to 1e-5 relative (one bf16 rounding,
 // 8e-3, for bf16).
+// CUDA sources under test (scripts/gpu-check.sh lists them): kernels/cuda/pool.cu.
 #include <gtest/gtest.h>
 
 #include <cmath>

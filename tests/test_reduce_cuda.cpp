@@ -8,6 +8,8 @@
 // rows), one block per row (16-byte vector loads, and misaligned rows without them), split
 // rows with two passes (few very long rows, and a full sum of 1<<24 elements), the column
 // kernel (inner > 1), the column kernel split along the reduced dim, and permuted inputs.
+// CUDA sources under test (scripts/gpu-check.sh lists them): kernels/cuda/reduce.cu,
+// kernels/cuda/block_reduce.cuh.
 #include <gtest/gtest.h>
 
 #include <cmath>

@@ -9,6 +9,8 @@
 // register count (1 to 32 values per lane), one block per row with and without 16-byte
 // vector access (a 50257-word vocabulary is odd, so never aligned), and the strided kernel
 // (softmax over a middle dim).
+// CUDA sources under test (scripts/gpu-check.sh lists them): kernels/cuda/softmax.cu,
+// kernels/cuda/online_softmax.cuh, kernels/cuda/vector_access.cuh, kernels/cuda/block_reduce.cuh.
 #include <gtest/gtest.h>
 
 #include <cmath>

@@ -19,6 +19,9 @@
 // The shapes cover each kernel path: vector and scalar access (rows that are or are not a
 // multiple of 16 bytes), GPT-2's padded vocabulary (50304 columns, 50257 valid), many
 // repeats of few tokens (long runs in the sorted embedding backward), i32 and i64 indices.
+// CUDA sources under test (scripts/gpu-check.sh lists them): kernels/cuda/embedding.cu,
+// kernels/cuda/layernorm.cu, kernels/cuda/classifier.cu, kernels/cuda/online_softmax.cuh,
+// kernels/cuda/vector_access.cuh, kernels/cuda/block_reduce.cuh.
 #include <gtest/gtest.h>
 
 #include <cmath>
