@@ -4,6 +4,7 @@
 
 #include "core/autograd.h"
 #include "core/error.h"
+#include "dist/used_flags.h"
 
 namespace kiln::dist {
 
@@ -38,13 +39,12 @@ struct DistributedDataParallel::State {
   std::vector<Tensor> params;
   std::vector<int> bucket_of;  // per parameter
   std::vector<bool> ready;     // per parameter, in this backward
-  std::vector<bool> used;      // per parameter, in this sync window (no_sync micro-steps too)
   std::vector<Bucket> buckets;
-  // The last bucket's buffer ends with one slot per parameter: 1 where this rank used it, so
-  // that after the average a slot is 0 exactly when no rank did. It is launched last, when
-  // every rank's window is over, so the flags need no collective of their own.
+  // Per parameter, used in this sync window (no_sync micro-steps too). The flags ride at the end
+  // of the last bucket's buffer, from used_offset: it is launched last, when every rank's window
+  // is over, so they need no collective of their own.
+  std::unique_ptr<UsedFlags> used;
   int64_t used_offset = 0;
-  bool all_used = true;        // this rank used every bucketed parameter (set at the last launch)
   std::vector<int> unused;     // no rank used these in the last synchronised window
   size_t next_bucket = 0;      // the next bucket to launch: buckets start in index order
   bool active = true;          // false once the DistributedDataParallel is gone
@@ -62,23 +62,14 @@ struct DistributedDataParallel::State {
       if (g.defined()) slot.copy_(g.reshape({-1}));
       else slot.zero_();  // unused on this rank: contributes zeros, as every rank must send
     }
-    if (&b == &buckets.back()) write_used_flags(b);
+    // The last bucket launches only once every other one has, so either during backward with
+    // every parameter ready (all used) or in finish_gradient_sync(): the flags are final.
+    if (&b == &buckets.back()) used->write(used_slots());
     if (next_bucket == 0) first_launch = Clock::now();
     b.work = comm->all_reduce_async(b.buffer, ReduceOp::avg);
   }
-  // The last bucket launches only once every other one has, so either during backward with
-  // every parameter ready (all used) or in finish_gradient_sync(): the flags are final.
-  void write_used_flags(Bucket& b) {
-    all_used = true;
-    for (size_t i = 0; i < params.size(); ++i) all_used = all_used && (bucket_of[i] < 0 || used[i]);
-    Tensor slots = b.buffer.narrow(0, used_offset, static_cast<int64_t>(params.size()));
-    if (all_used) {
-      slots.fill_(1.0);  // the common case: no host-to-device copy
-    } else {
-      std::vector<float> flags(params.size());
-      for (size_t i = 0; i < params.size(); ++i) flags[i] = used[i] ? 1.0f : 0.0f;
-      slots.copy_(from_vector(flags, {static_cast<int64_t>(flags.size())}));
-    }
+  Tensor used_slots() const {
+    return buckets.back().buffer.narrow(0, used_offset, static_cast<int64_t>(params.size()));
   }
   void launch_ready_buckets() {
     while (next_bucket < buckets.size() && buckets[next_bucket].pending == 0) {
@@ -88,7 +79,7 @@ struct DistributedDataParallel::State {
   }
   void on_grad_ready(int i) {
     if (!active) return;
-    used[static_cast<size_t>(i)] = true;
+    used->mark(static_cast<size_t>(i));
     if (no_sync) return;
     KILN_CHECK(!ready[static_cast<size_t>(i)], "DistributedDataParallel: parameter ", i, " (",
                params[static_cast<size_t>(i)].meta_str(),
@@ -117,7 +108,6 @@ DistributedDataParallel::DistributedDataParallel(nn::Module& module, Communicato
   const double cap_bytes = options.bucket_mb * 1024.0 * 1024.0;
   s.bucket_of.assign(s.params.size(), -1);
   s.ready.assign(s.params.size(), false);
-  s.used.assign(s.params.size(), false);
   double bytes = 0;
   for (int i = static_cast<int>(s.params.size()) - 1; i >= 0; --i) {
     const Tensor& p = s.params[static_cast<size_t>(i)];
@@ -135,6 +125,9 @@ DistributedDataParallel::DistributedDataParallel(nn::Module& module, Communicato
     s.bucket_of[static_cast<size_t>(i)] = static_cast<int>(s.buckets.size()) - 1;
     bytes += static_cast<double>(p.numel() * static_cast<int64_t>(p.element_size()));
   }
+  std::vector<bool> tracked(s.params.size());  // parameters without requires_grad take no part
+  for (size_t i = 0; i < s.params.size(); ++i) tracked[i] = s.bucket_of[i] >= 0;
+  s.used = std::make_unique<UsedFlags>(std::move(tracked));
   for (Bucket& b : s.buckets) {
     const Tensor& last = s.params[static_cast<size_t>(b.params.back())];
     const int64_t grads = b.offsets.back() + last.numel();
@@ -158,8 +151,10 @@ DistributedDataParallel::~DistributedDataParallel() { state_->active = false; }
 
 void DistributedDataParallel::finish_gradient_sync() {
   State& s = *state_;
-  if (!s.any_ready) return;  // no synchronised backward since the last call
+  // Always a collective, even when no hook fired here since the last call (this rank's backward
+  // reached no parameter, or ran only under no_sync): the other ranks wait for these buckets.
   const Clock::time_point backward_end = Clock::now();
+  if (!s.any_ready) s.first_ready = backward_end;
   // Parameters that got no gradient: their buckets start now, with zeros in their place.
   for (size_t b = s.next_bucket; b < s.buckets.size(); ++b) s.buckets[b].pending = 0;
   s.launch_ready_buckets();
@@ -169,24 +164,16 @@ void DistributedDataParallel::finish_gradient_sync() {
     b.work->wait();
     b.work.reset();
   }
-  // How many ranks used each parameter, as a fraction of the world. Read back (a device sync on
-  // CUDA) only where this rank left some parameter unused; a parameter used here is used.
-  std::vector<float> used_by;
-  if (!s.all_used) {
-    const Tensor& flags = s.buckets.back().buffer;
-    used_by = flags.narrow(0, s.used_offset, static_cast<int64_t>(s.params.size())).to_vector<float>();
-  }
-  s.unused.clear();
+  s.unused = s.buckets.empty() ? std::vector<int>{} : s.used->unused_everywhere(s.used_slots());
+  std::vector<bool> skip(s.params.size(), false);
+  for (int i : s.unused) skip[static_cast<size_t>(i)] = true;
   for (Bucket& b : s.buckets) {
     for (size_t k = 0; k < b.params.size(); ++k) {
       const size_t i = static_cast<size_t>(b.params[k]);
       const Tensor& p = s.params[i];
-      if (!s.used[i] && used_by[i] == 0.0f) {
-        // No rank used it: its .grad stays as it was (undefined after zero_grad()), so the
-        // optimizer skips it as it would in one process. Nothing to copy back.
-        s.unused.push_back(static_cast<int>(i));
-        continue;
-      }
+      // No rank used it: its .grad stays as it was (undefined after zero_grad()), so the
+      // optimizer skips it as it would in one process. Nothing to copy back.
+      if (skip[i]) continue;
       Tensor avg = b.buffer.narrow(0, b.offsets[k], p.numel()).view(p.shape());
       Tensor g = p.grad();
       if (g.defined()) g.copy_(avg);
@@ -194,14 +181,13 @@ void DistributedDataParallel::finish_gradient_sync() {
     }
     b.pending = static_cast<int>(b.params.size());
   }
-  std::sort(s.unused.begin(), s.unused.end());
   const Clock::time_point done = Clock::now();
   s.stats.backward_s = seconds(backward_end - s.first_ready);
   s.stats.comm_s = seconds(done - s.first_launch);
   s.stats.exposed_s = seconds(done - backward_end);
   s.stats.buckets = static_cast<int>(s.buckets.size());
   std::fill(s.ready.begin(), s.ready.end(), false);
-  std::fill(s.used.begin(), s.used.end(), false);
+  s.used->reset();
   s.next_bucket = 0;
   s.any_ready = false;
 }

@@ -72,11 +72,14 @@ class DistributedDataParallel {
   Tensor operator()(const Tensor& x) { return forward(x); }
   nn::Module& module() { return module_; }
 
-  // After backward (outside no_sync): starts the buckets that are not started yet (parameters
-  // without a gradient count as zeros, so every rank reduces the same buffers), waits for all,
-  // and writes the averaged gradients back into each parameter's .grad, except for parameters
-  // that no rank used since the last sync, whose .grad is left untouched. A no-op when the last
-  // backward ran under no_sync or no backward ran since the last call.
+  // Collective: every rank calls it once per optimizer step, after the step's last backward
+  // (outside no_sync). Starts the buckets that are not started yet (parameters without a
+  // gradient count as zeros, so every rank reduces the same buffers), waits for all, and writes
+  // the averaged gradients back into each parameter's .grad, except for parameters that no rank
+  // used since the last sync, whose .grad is left untouched. It reduces even when this rank's
+  // backward reached no parameter (its loss did not depend on them): it then contributes zeros,
+  // as the other ranks wait for it. (PyTorch prepares its reducer in forward() instead; kiln's
+  // runner calls the module directly, and the step's end is the one point every rank shares.)
   void finish_gradient_sync();
 
   // While one is alive, backward passes only accumulate local gradients.

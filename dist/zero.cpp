@@ -21,6 +21,35 @@ std::pair<int64_t, std::string> parse_state_name(const std::string& name) {
   return {std::stoll(name.substr(6, dot - 6)), name.substr(dot + 1)};
 }
 
+// The per-parameter state keys optimizer `name` creates when it steps a parameter, in the order
+// state_tensors() lists them, from one step of a one-element probe. Every rank must gather the
+// same keys, including a rank whose pieces have no state (their parameters never had a gradient).
+std::vector<std::string> stepped_state_keys(const std::string& name, const OptimizerOptions& options) {
+  NoGradGuard no_grad;
+  Tensor probe = zeros({1});
+  probe.set_grad(zeros({1}));
+  std::vector<ParamGroup> groups(1);
+  groups[0].params.push_back(probe);
+  std::unique_ptr<Optimizer> opt = make_optimizer(name, std::move(groups), options);
+  opt->step();
+  std::vector<std::string> keys;
+  for (const auto& [entry, t] : opt->state_tensors())
+    if (parse_state_name(entry).first == 0) keys.push_back(parse_state_name(entry).second);
+  return keys;
+}
+
+// Calls fn(at, from, length) for each rank's chunk that the elements [begin, begin + n) of the
+// parameters laid out back to back cross: `from` counts from `begin`, `at` is where they go in
+// the reduce-scatter layout (chunks of `chunk` elements, the first `shard` of each gradients).
+template <class Fn>
+void for_each_chunk(int64_t begin, int64_t n, int64_t shard, int64_t chunk, Fn fn) {
+  for (int64_t j = begin; j < begin + n;) {
+    const int64_t r = j / shard, end = std::min(begin + n, (r + 1) * shard);
+    fn(r * chunk + j - r * shard, j - begin, end - j);
+    j = end;
+  }
+}
+
 }  // namespace
 
 ZeroRedundancyOptimizer::ZeroRedundancyOptimizer(const Optimizer& full, const OptimizerOptions& options,
@@ -49,9 +78,12 @@ ZeroRedundancyOptimizer::ZeroRedundancyOptimizer(const Optimizer& full, const Op
              world, " ranks (the last rank's slice would be empty)");
 
   const TensorOptions f32{.dtype = DType::f32, .device = device};
-  flat_ = zeros({padded_}, f32);
+  chunk_ = shard_numel_ + static_cast<int64_t>(params_.size());
+  flat_ = zeros({chunk_ * world}, f32);
+  reduced_ = zeros({chunk_}, f32);
   master_ = zeros({shard_numel_}, f32);
-  grad_shard_ = zeros({shard_numel_}, f32);
+  grad_shard_ = reduced_.narrow(0, 0, shard_numel_);
+  used_ = std::make_unique<UsedFlags>(std::vector<bool>(params_.size(), true));
 
   // The pieces of my slice, group by group, each a view of the master slice whose .grad is the
   // matching view of the gradient slice.
@@ -61,17 +93,18 @@ ZeroRedundancyOptimizer::ZeroRedundancyOptimizer(const Optimizer& full, const Op
     const int64_t lo = std::max(offsets_[i], my_begin_);
     const int64_t hi = std::min(offsets_[i] + params_[i].numel(), my_end);
     if (lo >= hi) continue;
-    pieces_.push_back({static_cast<int>(i), lo - offsets_[i], hi - lo});
     Tensor piece = master_.narrow(0, lo - my_begin_, hi - lo);
-    piece.set_grad(grad_shard_.narrow(0, lo - my_begin_, hi - lo));
+    Tensor grad = grad_shard_.narrow(0, lo - my_begin_, hi - lo);
+    piece.set_grad(grad);
+    pieces_.push_back({static_cast<int>(i), lo - offsets_[i], hi - lo, piece, grad});
     groups[static_cast<size_t>(group_of_[i])].params.push_back(piece);
   }
   for (size_t g = 0; g < groups.size(); ++g) {
     groups[g].lr = full.param_groups()[g].initial_lr;
     groups[g].weight_decay = full.param_groups()[g].weight_decay;
   }
-  OptimizerOptions o = options;
-  inner_ = make_optimizer(full.name(), std::move(groups), o);
+  inner_ = make_optimizer(full.name(), std::move(groups), options);
+  state_keys_ = stepped_state_keys(full.name(), options);
   for (size_t g = 0; g < inner_->param_groups().size(); ++g)
     inner_->param_groups()[g].lr = full.param_groups()[g].lr;
   copy_params_to_master();
@@ -90,14 +123,22 @@ void ZeroRedundancyOptimizer::copy_params_to_master() {
 
 void ZeroRedundancyOptimizer::reduce_gradients() {
   NoGradGuard no_grad;
+  used_->reset();
   for (size_t i = 0; i < params_.size(); ++i) {
-    Tensor slot = flat_.narrow(0, offsets_[i], params_[i].numel());
     const Tensor g = params_[i].grad();
-    if (g.defined()) slot.copy_(g.reshape({-1}));
-    else slot.zero_();
+    if (g.defined()) used_->mark(i);
+    const Tensor src = g.defined() ? g.reshape({-1}) : Tensor();
+    for_each_chunk(offsets_[i], params_[i].numel(), shard_numel_, chunk_, [&](int64_t at, int64_t from, int64_t n) {
+      if (g.defined()) flat_.narrow(0, at, n).copy_(src.narrow(0, from, n));
+      else flat_.narrow(0, at, n).zero_();  // unused here: contributes zeros, as every rank must send
+    });
   }
-  if (padded_ > numel_) flat_.narrow(0, numel_, padded_ - numel_).zero_();
-  comm_.reduce_scatter(grad_shard_, flat_, ReduceOp::avg);
+  for_each_chunk(numel_, padded_ - numel_, shard_numel_, chunk_,
+                 [&](int64_t at, int64_t, int64_t n) { flat_.narrow(0, at, n).zero_(); });
+  const int64_t flags = static_cast<int64_t>(params_.size());
+  used_->write(flat_.view({comm_.world_size(), chunk_}).narrow(1, shard_numel_, flags));  // every chunk
+  comm_.reduce_scatter(reduced_, flat_, ReduceOp::avg);
+  unused_ = used_->unused_everywhere(reduced_.narrow(0, shard_numel_, flags));
 }
 
 double ZeroRedundancyOptimizer::clip_grad_norm(double max_norm) {
@@ -114,51 +155,69 @@ double ZeroRedundancyOptimizer::clip_grad_norm(double max_norm) {
 
 void ZeroRedundancyOptimizer::step() {
   NoGradGuard no_grad;
+  // A piece of a parameter no rank gave a gradient has none either: the sharded optimizer skips
+  // it (weights, moments and step count stay), as the unsharded one would skip the parameter.
+  std::vector<bool> skip(params_.size(), false);
+  for (int i : unused_) skip[static_cast<size_t>(i)] = true;
+  for (Piece& piece : pieces_) piece.master.set_grad(skip[static_cast<size_t>(piece.param)] ? Tensor() : piece.grad);
   inner_->step();
-  comm_.all_gather(flat_, master_);
+  Tensor gathered = flat_.narrow(0, 0, padded_);
+  comm_.all_gather(gathered, master_);
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor p = params_[i];
-    p.copy_(flat_.narrow(0, offsets_[i], p.numel()).view(p.shape()));
+    p.copy_(gathered.narrow(0, offsets_[i], p.numel()).view(p.shape()));
   }
 }
 
 NamedTensors ZeroRedundancyOptimizer::state_tensors() {
   NoGradGuard no_grad;
-  // My pieces' state by key; every rank has the same keys (all pieces step together).
-  std::map<std::string, Tensor> my_slice;  // key -> [shard] f32, zeros where I hold nothing
-  double step = 0;
-  bool has_step = false;
+  // Per parameter: 0 without state, else 1 + its step count (1 when the optimizer counts none).
+  // The pieces of one parameter gain state and step together, so the max over ranks is the
+  // value of any rank that holds a piece.
+  std::vector<double> state_step(params_.size(), 0.0);
+  std::map<std::string, Tensor> my_slice;  // key -> [shard] f32, zeros where I hold no state
   for (const auto& [name, t] : inner_->state_tensors()) {
     const auto [j, key] = parse_state_name(name);
     if (j < 0) continue;
+    const Piece& piece = pieces_[static_cast<size_t>(j)];
+    double& c = state_step[static_cast<size_t>(piece.param)];
     if (key == "step") {
-      step = std::max(step, t.item());
-      has_step = true;
+      c = 1.0 + t.item();
       continue;
     }
+    c = std::max(c, 1.0);
     Tensor& slice = my_slice[key];
     if (!slice.defined()) slice = zeros({shard_numel_}, master_.options());
-    const Piece& piece = pieces_[static_cast<size_t>(j)];
     slice.narrow(0, offsets_[static_cast<size_t>(piece.param)] + piece.begin - my_begin_, piece.size).copy_(t);
   }
-  Tensor steps = scalar_tensor(step, {.dtype = DType::f64, .device = master_.device()}).reshape({1});
-  comm_.all_reduce(steps, ReduceOp::max);
+  Tensor all_steps = from_vector(state_step, {static_cast<int64_t>(state_step.size())},
+                                {.dtype = DType::f64, .device = master_.device()});
+  comm_.all_reduce(all_steps, ReduceOp::max);
+  state_step = all_steps.to_vector<double>();
 
+  // Every rank gathers the same keys (or none, before any parameter has state).
+  const bool any_state = std::any_of(state_step.begin(), state_step.end(), [](double c) { return c > 0; });
   std::map<std::string, Tensor> gathered;
-  for (auto& [key, slice] : my_slice) {
+  for (const std::string& key : state_keys_) {
+    if (key == "step" || !any_state) continue;
+    Tensor& slice = my_slice[key];
+    if (!slice.defined()) slice = zeros({shard_numel_}, master_.options());
     Tensor all = empty({padded_}, master_.options());
     comm_.all_gather(all, slice);
     gathered[key] = all;
   }
+  // As the unsharded optimizer lists them: only parameters with state, keys in its order.
   NamedTensors out;
   for (size_t i = 0; i < params_.size(); ++i) {
+    if (state_step[i] == 0) continue;
     const Tensor& p = params_[i];
-    if (has_step)
-      out.emplace_back("state." + std::to_string(i) + ".step",
-                       scalar_tensor(steps.item(), {.dtype = DType::i64}));
-    for (auto& [key, all] : gathered)
-      out.emplace_back("state." + std::to_string(i) + "." + key,
-                       all.narrow(0, offsets_[i], p.numel()).view(p.shape()).to(p.dtype()).clone());
+    for (const std::string& key : state_keys_) {
+      const std::string name = "state." + std::to_string(i) + "." + key;
+      if (key == "step")
+        out.emplace_back(name, scalar_tensor(state_step[i] - 1.0, {.dtype = DType::i64}));
+      else
+        out.emplace_back(name, gathered[key].narrow(0, offsets_[i], p.numel()).view(p.shape()).to(p.dtype()).clone());
+    }
   }
   // The groups as the full optimizer numbers its parameters.
   for (size_t g = 0; g < inner_->param_groups().size(); ++g) {
@@ -227,12 +286,15 @@ int64_t ZeroRedundancyOptimizer::state_bytes_sharded() const {
 
 int64_t ZeroRedundancyOptimizer::state_bytes_unsharded() const {
   // Moments of every element, and an f32 master copy only when the parameters are not f32.
-  int64_t moment_bytes = 0;
-  for (const auto& [name, t] : inner_->state_tensors())
-    if (parse_state_name(name).second != "step" && parse_state_name(name).first >= 0)
-      moment_bytes += t.numel() * static_cast<int64_t>(t.element_size());
-  int64_t covered = 0;
-  for (const Piece& p : pieces_) covered += p.size;
+  int64_t moment_bytes = 0, covered = 0;  // covered: my elements that have state
+  std::vector<bool> counted(pieces_.size(), false);
+  for (const auto& [name, t] : inner_->state_tensors()) {
+    const auto [j, key] = parse_state_name(name);
+    if (j < 0) continue;
+    if (key != "step") moment_bytes += t.numel() * static_cast<int64_t>(t.element_size());
+    if (!counted[static_cast<size_t>(j)]) covered += pieces_[static_cast<size_t>(j)].size;
+    counted[static_cast<size_t>(j)] = true;
+  }
   const double per_element = covered > 0 ? static_cast<double>(moment_bytes) / static_cast<double>(covered) : 0.0;
   return static_cast<int64_t>(per_element * static_cast<double>(numel_)) + (params_f32_ ? 0 : numel_ * 4);
 }

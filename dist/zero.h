@@ -13,6 +13,12 @@
 // this rank's slice, one per model parameter it overlaps, grouped like the model's parameter
 // groups: schedules set lr on shard_optimizer() as on any optimizer.
 //
+// Unused parameters, as with DDP (dist/used_flags.h): a parameter whose .grad is undefined on
+// every rank at reduce_gradients() keeps its weights, moments and step count, as an unsharded
+// optimizer skips a parameter without a gradient. Each rank's flags ride in the spare tail of
+// every rank's chunk of the reduce-scatter (so each rank learns all of them): no extra collective.
+// A parameter with a gradient on some ranks gets the average with zeros from the others.
+//
 // Checkpoints use the unsharded layout (state_tensors()/load_state_tensors() of the model's
 // optimizer: state.<i>.exp_avg shaped like parameter i), gathered to every rank on save, so a
 // checkpoint resumes with any world size, with or without ZeRO.
@@ -24,6 +30,7 @@
 #include <vector>
 
 #include "dist/communicator.h"
+#include "dist/used_flags.h"
 #include "optim/optimizer.h"
 
 namespace kiln::dist {
@@ -38,13 +45,18 @@ class ZeroRedundancyOptimizer {
   Optimizer& shard_optimizer() { return *inner_; }
 
   // Collective: flat gradients (zeros for parameters without one) reduce-scattered (average)
-  // into this rank's slice.
+  // into this rank's slice. Every rank calls it once per step, also one whose backward reached
+  // no parameter (it contributes zeros).
   void reduce_gradients();
   // Collective: the global L2 norm of the averaged gradients, computed from the slices; scales
   // the slices like clip_grad_norm_ when it exceeds max_norm (infinity: only measures).
   double clip_grad_norm(double max_norm);
-  // Collective: updates this rank's slice, then all-gathers the parameters.
+  // Collective: updates this rank's slice (skipping parameters no rank gave a gradient), then
+  // all-gathers the parameters.
   void step();
+  // Parameter indices (across the full optimizer's groups) whose .grad was undefined on every
+  // rank at the last reduce_gradients(), ascending: step() leaves them as they are.
+  const std::vector<int>& last_unused_parameters() const { return unused_; }
 
   // Collective: the state in the unsharded layout, complete on every rank.
   NamedTensors state_tensors();
@@ -63,6 +75,7 @@ class ZeroRedundancyOptimizer {
   struct Piece {  // where one parameter meets this rank's slice
     int param;            // index across the full optimizer's groups
     int64_t begin, size;  // in the parameter's flattened elements
+    Tensor master, grad;  // its views of master_ and grad_shard_: the sharded optimizer's parameter
   };
   void copy_params_to_master();
 
@@ -72,10 +85,17 @@ class ZeroRedundancyOptimizer {
   std::vector<int> group_of_;        // each parameter's group
   bool params_f32_ = true;
   int64_t numel_ = 0, padded_ = 0, shard_numel_ = 0, my_begin_ = 0;
-  Tensor flat_;                      // [padded]: gradients in, then gathered parameters out
+  // Reduce-scatter layout: world chunks of chunk_ = shard_numel_ gradient elements then one used
+  // flag per parameter. All-gather layout: the first padded_ elements, parameters back to back.
+  int64_t chunk_ = 0;
+  Tensor flat_;                      // [world * chunk] f32
+  Tensor reduced_;                   // [chunk] f32: my gradient slice (grad_shard_), then the flags
   Tensor master_, grad_shard_;       // [shard] f32
   std::vector<Piece> pieces_;        // in the sharded optimizer's parameter order
   std::unique_ptr<Optimizer> inner_;  // shard_optimizer()
+  std::vector<std::string> state_keys_;  // per-parameter state a step creates ("step" first if any)
+  std::unique_ptr<UsedFlags> used_;
+  std::vector<int> unused_;
 };
 
 }  // namespace kiln::dist

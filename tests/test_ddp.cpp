@@ -362,15 +362,40 @@ struct Branches : nn::Module {
 };
 
 // Rank `rank`'s loss on micro-step `m` of `step`, scaled so that the ranks' average is the
-// one-process loss on the global batch.
-Tensor branches_loss(Branches& model, int step, int rank, int m, int world, int accum) {
+// one-process loss on the global batch. No rank uses `one_rank` in step `skip_step`.
+Tensor branches_loss(Branches& model, int step, int rank, int m, int world, int accum, int skip_step = -1) {
   auto [x, y] = global_batch(step);
   const int64_t micro = kGlobalBatch / world / accum;
   const int64_t start = (rank * accum + m) * micro;
   const Tensor xs = x.reshape({kGlobalBatch, kFeatures}).narrow(0, start, micro), ys = y.narrow(0, start, micro);
   Tensor loss = cross_entropy((*model.shared)(xs), ys, -100, Reduction::mean);
-  if (rank == 0 && m == 0) loss = add(loss, cross_entropy((*model.one_rank)(xs), ys, -100, Reduction::mean));
+  if (rank == 0 && m == 0 && step != skip_step)
+    loss = add(loss, cross_entropy((*model.one_rank)(xs), ys, -100, Reduction::mean));
   return mul(loss, 1.0 / accum);
+}
+
+// One process: each step's losses of every rank and micro-step summed / world, one backward.
+// `dead` never gets a gradient, so AdamW never moves it.
+std::vector<float> train_branches_single(int world, int accum, int skip_step, int steps,
+                                         NamedTensors* state = nullptr) {
+  Branches model;
+  auto opt = make_adamw(model);
+  const std::vector<float> dead_before = model.dead->weight.to_vector<float>();
+  for (int step = 0; step < steps; ++step) {
+    Tensor total;
+    for (int r = 0; r < world; ++r)
+      for (int m = 0; m < accum; ++m) {
+        Tensor l = mul(branches_loss(model, step, r, m, world, accum, skip_step), 1.0 / world);
+        total = total.defined() ? add(total, l) : l;
+      }
+    total.backward();
+    EXPECT_FALSE(model.dead->weight.grad().defined());
+    opt->step();
+    opt->zero_grad();
+  }
+  EXPECT_EQ(model.dead->weight.to_vector<float>(), dead_before);
+  if (state) *state = opt->state_tensors();
+  return flat_weights(model);
 }
 
 std::vector<float> values_or_zeros(const Tensor& p) {
@@ -438,25 +463,9 @@ TEST_P(DdpUnused, UnusedEverywhereKeepsNoGradientAsInOneProcess) {
   };
   EXPECT_EQ(run_ranks("DdpWorker.UnusedParameters", world, ro), std::vector<int>(static_cast<size_t>(world), 0));
 
-  // One process: the same losses summed over ranks / world, one backward per step.
-  Branches model;
-  auto opt = make_adamw(model);
-  const std::vector<float> dead_before = model.dead->weight.to_vector<float>();
-  for (int step = 0; step < kSteps; ++step) {
-    Tensor total;
-    for (int r = 0; r < world; ++r)
-      for (int m = 0; m < accum; ++m) {
-        Tensor l = mul(branches_loss(model, step, r, m, world, accum), 1.0 / world);
-        total = total.defined() ? add(total, l) : l;
-      }
-    total.backward();
-    EXPECT_FALSE(model.dead->weight.grad().defined());
-    opt->step();
-    opt->zero_grad();
-  }
-  EXPECT_EQ(model.dead->weight.to_vector<float>(), dead_before);
+  const std::vector<float> single = train_branches_single(world, accum, /*skip_step=*/-1, kSteps);
   const std::vector<float> rank0 = read_floats(out / "rank0.bin");
-  const float diff = max_abs_diff(flat_weights(model), rank0);
+  const float diff = max_abs_diff(single, rank0);
   EXPECT_LE(diff, 1e-6f);
   std::printf("%d ranks, accum %d, bucket %g MB: max |w - w_single| = %.3g\n", world, accum, bucket_mb, diff);
   for (int r = 1; r < world; ++r)
@@ -467,6 +476,238 @@ TEST_P(DdpUnused, UnusedEverywhereKeepsNoGradientAsInOneProcess) {
 // (world, accum, bucket_mb): one bucket; a bucket per parameter with `one_rank` used only under no_sync.
 INSTANTIATE_TEST_SUITE_P(Cases, DdpUnused,
                          ::testing::Values(std::make_tuple(2, 1, 25.0), std::make_tuple(3, 2, 0.0001)));
+
+// ZeRO-1 on the same model. `one_rank` also misses step 0 on every rank, so its step count falls
+// behind shared's, as in one process. The optimizer numbers weights (48 elements each) before
+// biases: with 3 ranks of 52 elements, rank 1's slice holds parts of `dead` and `one_rank` only,
+// so after step 0 that rank has no optimizer state at all, yet must gather the same keys.
+constexpr int kZeroSkipStep = 0;
+
+struct ZeroBranches {
+  dist::Communicator& comm;
+  int accum;
+  Branches model;
+  std::unique_ptr<Optimizer> opt = make_adamw(model);
+  dist::ZeroRedundancyOptimizer zero{*opt, OptimizerOptions{.lr = 1e-2}, comm};
+
+  ZeroBranches(dist::Communicator& c, int a) : comm(c), accum(a) {}
+  // Returns the parameters no rank used, as reduce_gradients() found them.
+  std::vector<int> train_step(int step) {
+    for (int m = 0; m < accum; ++m)
+      branches_loss(model, step, comm.rank(), m, comm.world_size(), accum, kZeroSkipStep).backward();
+    zero.reduce_gradients();
+    const std::vector<int> unused = zero.last_unused_parameters();
+    zero.step();
+    opt->zero_grad();
+    return unused;
+  }
+};
+
+// The indices (as the optimizer numbers its parameters across groups, decayed weights first) of
+// `params`, ascending.
+std::vector<int> optimizer_indices(const Optimizer& opt, const std::vector<Tensor>& params) {
+  std::vector<int> out;
+  int index = 0;
+  for (const ParamGroup& g : opt.param_groups())
+    for (const Tensor& p : g.params) {
+      for (const Tensor& q : params)
+        if (p.impl() == q.impl()) out.push_back(index);
+      ++index;
+    }
+  return out;
+}
+
+// `got` lists the entries of `want` in the same order: step counts, group indices, lr and weight
+// decay equal, moments within 1e-6 (exp_avg) and 1e-7 (exp_avg_sq), or equal when `exact`.
+void expect_same_state(const NamedTensors& got, const NamedTensors& want, bool exact, const std::string& what) {
+  std::vector<std::string> got_names, want_names;
+  for (const auto& e : got) got_names.push_back(e.first);
+  for (const auto& e : want) want_names.push_back(e.first);
+  ASSERT_EQ(got_names, want_names) << what;
+  for (size_t k = 0; k < got.size(); ++k) {
+    const std::string& name = got[k].first;
+    const bool moment = name.find(".exp_avg") != std::string::npos;
+    const std::vector<double> a = got[k].second.to(DType::f64).to_vector<double>();
+    const std::vector<double> b = want[k].second.to(DType::f64).to_vector<double>();
+    if (!moment || exact) {
+      EXPECT_EQ(a, b) << what << ": " << name;
+      continue;
+    }
+    const double tol = name.ends_with("exp_avg_sq") ? 1e-7 : 1e-6;
+    ASSERT_EQ(a.size(), b.size()) << what << ": " << name;
+    for (size_t j = 0; j < a.size(); ++j) EXPECT_NEAR(a[j], b[j], tol) << what << ": " << name << "[" << j << "]";
+  }
+}
+
+TEST(ZeroWorker, UnusedParameters) {
+  if (!is_dist_worker()) GTEST_SKIP() << "runs as a rank of Zero.UnusedParameters";
+  const int accum = env_int("DDP_ACCUM", 1);
+  auto comm = dist::init_process_group(dist::options_from_env(), kCPU);
+  const int world = comm->world_size();
+
+  // Five steps: `dead` bit-identical throughout, the rest as in one process.
+  ZeroBranches straight(*comm, accum);
+  Branches& m = straight.model;
+  const std::vector<int> dead = optimizer_indices(*straight.opt, {m.dead->weight, m.dead->bias});
+  const std::vector<int> dead_and_one_rank =
+      optimizer_indices(*straight.opt, {m.dead->weight, m.dead->bias, m.one_rank->weight, m.one_rank->bias});
+  const std::vector<int> one_rank = optimizer_indices(*straight.opt, {m.one_rank->weight});
+  ASSERT_EQ(dead.size(), 2u);
+  ASSERT_EQ(one_rank.size(), 1u);
+  const std::vector<float> dead_weight = straight.model.dead->weight.to_vector<float>();
+  const std::vector<float> dead_bias = straight.model.dead->bias.to_vector<float>();
+  for (int step = 0; step < kSteps; ++step) {
+    const std::vector<int> unused = straight.train_step(step);
+    EXPECT_EQ(unused, step == kZeroSkipStep ? dead_and_one_rank : dead) << "step " << step;
+    EXPECT_EQ(straight.model.dead->weight.to_vector<float>(), dead_weight) << "step " << step;
+    EXPECT_EQ(straight.model.dead->bias.to_vector<float>(), dead_bias) << "step " << step;
+    if (step == 0) {
+      int mine = 0;  // state entries of this rank's pieces
+      for (const auto& [name, t] : straight.zero.shard_optimizer().state_tensors()) mine += name.rfind("state.", 0) == 0;
+      if (world == 3 && comm->rank() == 1) EXPECT_EQ(mine, 0) << "the test's premise";
+      NamedTensors single_first;
+      train_branches_single(world, accum, kZeroSkipStep, 1, &single_first);
+      expect_same_state(straight.zero.state_tensors(), single_first, /*exact=*/false, "1 step");
+    }
+  }
+  NamedTensors single_state;
+  const std::vector<float> single = train_branches_single(world, accum, kZeroSkipStep, kSteps, &single_state);
+  const float diff = max_abs_diff(flat_weights(straight.model), single);
+  EXPECT_LE(diff, 1e-6f);
+  // The gathered state is the unsharded optimizer's: nothing for `dead`, and `one_rank` one
+  // step behind.
+  const NamedTensors state = straight.zero.state_tensors();
+  expect_same_state(state, single_state, /*exact=*/false, "5 steps");
+  int steps_seen = 0;
+  for (const auto& [name, t] : state) {
+    for (int i : dead) EXPECT_NE(name.rfind("state." + std::to_string(i) + ".", 0), 0u) << name;
+    if (name == "state." + std::to_string(one_rank[0]) + ".step") {
+      EXPECT_EQ(t.item(), kSteps - 1);
+      ++steps_seen;
+    }
+  }
+  EXPECT_EQ(steps_seen, 1);
+  if (comm->rank() == 0)
+    std::printf("ZeRO-1, %d ranks, accum %d, unused parameters: max |w - w_single| = %.3g\n", world, accum, diff);
+
+  // A checkpoint after 3 steps (one_rank's step count 2, dead without state) resumes exactly.
+  ZeroBranches first(*comm, accum);
+  for (int step = 0; step < 3; ++step) first.train_step(step);
+  const NamedTensors saved = first.zero.state_tensors();
+  NamedTensors single_saved;
+  train_branches_single(world, accum, kZeroSkipStep, 3, &single_saved);
+  expect_same_state(saved, single_saved, /*exact=*/false, "3 steps");
+  ZeroBranches resumed(*comm, accum);
+  resumed.model.load_state_dict(first.model.state_dict());
+  resumed.opt->load_state_tensors(saved);  // the unsharded layout fits the plain optimizer too
+  resumed.zero.load_state_tensors(saved);
+  for (int step = 3; step < kSteps; ++step) resumed.train_step(step);
+  EXPECT_EQ(flat_weights(resumed.model), flat_weights(straight.model));
+  expect_same_state(resumed.zero.state_tensors(), state, /*exact=*/true, "resumed");
+}
+
+TEST(Zero, UnusedParametersStayAndResumeExactly) {
+  for (const auto& [world, accum] : {std::pair{2, 1}, std::pair{3, 2}}) {
+    kiln::testing::RankOptions ro;
+    ro.extra_env = [accum = accum](int) {
+      return std::vector<std::string>{"DDP_ACCUM=" + std::to_string(accum), "KILN_DIST_TIMEOUT_S=30"};
+    };
+    EXPECT_EQ(run_ranks("ZeroWorker.UnusedParameters", world, ro), std::vector<int>(static_cast<size_t>(world), 0))
+        << world << " ranks, accum " << accum;
+  }
+}
+
+// ---------------------------------------------------------------- a backward that reaches no parameter
+// A rank whose loss does not depend on any parameter: its backward stops at the input, so no
+// gradient hook fires there. It must still take part in the step's reduction (contributing
+// zeros) instead of leaving the other ranks waiting. Step 0: rank 1 reaches no parameter; step 1:
+// rank 0; step 2: no rank does, so every parameter is unused and nothing moves.
+bool reaches_parameters(int step, int rank) { return step == 0 ? rank != 1 : step == 1 ? rank != 0 : false; }
+
+Tensor parameterless_loss(const Tensor& x) {
+  Tensor in = x.detach().clone();
+  in.requires_grad_();
+  return add(sum(mul(in, 0.0)), 1.0);
+}
+
+TEST(DdpWorker, NoParameterReached) {
+  if (!is_dist_worker()) GTEST_SKIP() << "runs as a rank of NoParameterReached.RanksStillReduceTogether";
+  const bool use_zero = env_int("DDP_ZERO") != 0;
+  auto comm = dist::init_process_group(dist::options_from_env(), kCPU);
+  const int rank = comm->rank(), world = comm->world_size();
+  auto model = make_mlp();
+  auto opt = make_adamw(*model);
+  // The reference: one process on the reaching ranks' losses summed / world, from the same weights.
+  auto ref = make_mlp();
+  auto ref_opt = make_adamw(*ref);
+  std::unique_ptr<dist::DistributedDataParallel> ddp;
+  std::unique_ptr<dist::ZeroRedundancyOptimizer> zero;
+  if (use_zero) zero = std::make_unique<dist::ZeroRedundancyOptimizer>(*opt, OptimizerOptions{.lr = 1e-2}, *comm);
+  else ddp = std::make_unique<dist::DistributedDataParallel>(*model, *comm);
+  const std::vector<Tensor> params = model->parameters(), ref_params = ref->parameters();
+  std::vector<int> all(params.size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int>(i);
+
+  for (int step = 0; step < 3; ++step) {
+    auto [x, y] = global_batch(step);
+    const int64_t per_rank = kGlobalBatch / world;
+    auto rows = [&](const Tensor& t, int r) { return t.narrow(0, r * per_rank, per_rank); };
+    // No collective of the test's own between backward and the sync: DDP's buckets may already
+    // be under way on the ranks that reach parameters.
+    ref->load_state_dict(model->state_dict());
+    Tensor total;
+    for (int r = 0; r < world; ++r)
+      if (reaches_parameters(step, r)) {
+        Tensor l = mul(loss_on(*ref, rows(x, r), rows(y, r)), 1.0 / world);
+        total = total.defined() ? add(total, l) : l;
+      }
+    const bool any_reaches = total.defined();
+    if (any_reaches) total.backward();
+    std::vector<std::vector<float>> expected;
+    for (const Tensor& p : ref_params) expected.push_back(values_or_zeros(p));
+
+    const bool reaches = reaches_parameters(step, rank);
+    (reaches ? loss_on(*model, rows(x, rank), rows(y, rank)) : parameterless_loss(rows(x, rank))).backward();
+    for (const Tensor& p : params) EXPECT_EQ(p.grad().defined(), reaches) << "the test's premise";
+    const std::vector<float> before = flat_weights(*model);
+    if (ddp) {
+      ddp->finish_gradient_sync();  // must not wait forever on the rank that has nothing
+      EXPECT_EQ(ddp->last_unused_parameters(), any_reaches ? std::vector<int>{} : all) << "step " << step;
+      for (size_t i = 0; i < params.size(); ++i) {
+        ASSERT_EQ(params[i].grad().defined(), any_reaches) << "parameter " << i << " step " << step;
+        if (any_reaches)
+          EXPECT_LE(max_abs_diff(params[i].grad().to_vector<float>(), expected[i]), 1e-7f)
+              << "parameter " << i << " rank " << rank << " step " << step;
+      }
+      opt->step();
+    } else {
+      zero->reduce_gradients();
+      EXPECT_EQ(zero->last_unused_parameters(), any_reaches ? std::vector<int>{} : all) << "step " << step;
+      zero->step();
+    }
+    opt->zero_grad();
+    ref_opt->step();
+    ref_opt->zero_grad();
+    if (!any_reaches) EXPECT_EQ(flat_weights(*model), before) << "step " << step;
+    EXPECT_LE(max_abs_diff(flat_weights(*model), flat_weights(*ref)), 1e-6f) << "rank " << rank << " step " << step;
+  }
+  // Every rank holds the same weights: each one's equal the maximum over ranks.
+  const std::vector<float> mine = flat_weights(*model);
+  Tensor top = from_vector(mine, {static_cast<int64_t>(mine.size())});
+  comm->all_reduce(top, dist::ReduceOp::max);
+  EXPECT_EQ(top.to_vector<float>(), mine) << "rank " << rank;
+}
+
+TEST(NoParameterReached, RanksStillReduceTogether) {
+  for (int zero : {0, 1}) {
+    kiln::testing::RankOptions ro;
+    ro.limit = std::chrono::seconds(60);
+    ro.extra_env = [zero](int) {
+      return std::vector<std::string>{"DDP_ZERO=" + std::to_string(zero), "KILN_DIST_TIMEOUT_S=10"};
+    };
+    EXPECT_EQ(run_ranks("DdpWorker.NoParameterReached", 2, ro), (std::vector<int>{0, 0})) << (zero ? "ZeRO-1" : "DDP");
+  }
+}
 
 // ---------------------------------------------------------------- through the runner
 // kiln launch + kiln train on Fashion-MNIST: N ranks with data.batch_size B / N (and, with
