@@ -21,23 +21,6 @@ std::pair<int64_t, std::string> parse_state_name(const std::string& name) {
   return {std::stoll(name.substr(6, dot - 6)), name.substr(dot + 1)};
 }
 
-// The per-parameter state keys optimizer `name` creates when it steps a parameter, in the order
-// state_tensors() lists them, from one step of a one-element probe. Every rank must gather the
-// same keys, including a rank whose pieces have no state (their parameters never had a gradient).
-std::vector<std::string> stepped_state_keys(const std::string& name, const OptimizerOptions& options) {
-  NoGradGuard no_grad;
-  Tensor probe = zeros({1});
-  probe.set_grad(zeros({1}));
-  std::vector<ParamGroup> groups(1);
-  groups[0].params.push_back(probe);
-  std::unique_ptr<Optimizer> opt = make_optimizer(name, std::move(groups), options);
-  opt->step();
-  std::vector<std::string> keys;
-  for (const auto& [entry, t] : opt->state_tensors())
-    if (parse_state_name(entry).first == 0) keys.push_back(parse_state_name(entry).second);
-  return keys;
-}
-
 // Calls fn(at, from, length) for each rank's chunk that the elements [begin, begin + n) of the
 // parameters laid out back to back cross: `from` counts from `begin`, `at` is where they go in
 // the reduce-scatter layout (chunks of `chunk` elements, the first `shard` of each gradients).
@@ -104,7 +87,6 @@ ZeroRedundancyOptimizer::ZeroRedundancyOptimizer(const Optimizer& full, const Op
     groups[g].weight_decay = full.param_groups()[g].weight_decay;
   }
   inner_ = make_optimizer(full.name(), std::move(groups), options);
-  state_keys_ = stepped_state_keys(full.name(), options);
   for (size_t g = 0; g < inner_->param_groups().size(); ++g)
     inner_->param_groups()[g].lr = full.param_groups()[g].lr;
   copy_params_to_master();
@@ -198,7 +180,7 @@ NamedTensors ZeroRedundancyOptimizer::state_tensors() {
   // Every rank gathers the same keys (or none, before any parameter has state).
   const bool any_state = std::any_of(state_step.begin(), state_step.end(), [](double c) { return c > 0; });
   std::map<std::string, Tensor> gathered;
-  for (const std::string& key : state_keys_) {
+  for (const std::string& key : inner_->state_keys()) {
     if (key == "step" || !any_state) continue;
     Tensor& slice = my_slice[key];
     if (!slice.defined()) slice = zeros({shard_numel_}, master_.options());
@@ -211,7 +193,7 @@ NamedTensors ZeroRedundancyOptimizer::state_tensors() {
   for (size_t i = 0; i < params_.size(); ++i) {
     if (state_step[i] == 0) continue;
     const Tensor& p = params_[i];
-    for (const std::string& key : state_keys_) {
+    for (const std::string& key : inner_->state_keys()) {
       const std::string name = "state." + std::to_string(i) + "." + key;
       if (key == "step")
         out.emplace_back(name, scalar_tensor(state_step[i] - 1.0, {.dtype = DType::i64}));

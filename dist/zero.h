@@ -93,7 +93,6 @@ class ZeroRedundancyOptimizer {
   Tensor master_, grad_shard_;       // [shard] f32
   std::vector<Piece> pieces_;        // in the sharded optimizer's parameter order
   std::unique_ptr<Optimizer> inner_;  // shard_optimizer()
-  std::vector<std::string> state_keys_;  // per-parameter state a step creates ("step" first if any)
   std::unique_ptr<UsedFlags> used_;
   std::vector<int> unused_;
 };

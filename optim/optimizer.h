@@ -78,6 +78,9 @@ class Optimizer {
   // Throws kiln::Error naming the entry on an unknown or malformed name, a missing entry, a
   // shape mismatch, or groups that do not match this optimizer's.
   void load_state_tensors(const NamedTensors& entries);
+  // The per-parameter entries a parameter's state holds once the optimizer has updated it, in
+  // the order state_tensors() lists them ("step" first when it counts steps).
+  const std::vector<std::string>& state_keys() const { return state_keys_; }
 
  protected:
   // `state_keys`: the per-parameter entries this optimizer keeps ("step" first when it counts

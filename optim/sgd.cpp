@@ -7,7 +7,8 @@ namespace kiln {
 
 SGD::SGD(std::vector<ParamGroup> groups, const OptimizerOptions& options)
     : Optimizer("sgd", std::move(groups), options.lr, options.weight_decay.value_or(0.0),
-                {"momentum_buffer"}),
+                // Plain SGD (momentum 0) keeps no state.
+                options.momentum != 0.0 ? std::vector<std::string>{"momentum_buffer"} : std::vector<std::string>{}),
       momentum_(options.momentum),
       dampening_(options.dampening),
       nesterov_(options.nesterov) {
