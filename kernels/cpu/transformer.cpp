@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/dispatch/transformer.h"
+#include "kernels/cpu/vec_math.h"
 #include "kernels/softmax_common.h"
 #include "kernels/transformer_common.h"
 
@@ -222,33 +223,73 @@ void layer_norm_backward_cpu(Tensor& dx, Tensor& dweight, Tensor& dbias, const T
 }
 
 // ================================================================ fused classifier
+// Per row: the max, then e_c = exp(x_c - max) once into a per-thread buffer (vectorised:
+// cpu::exp_nonpos), their sum, and dlogits = (e_c / sum - [c == t]) * scale from the buffer.
+// Partial sums in 8 lanes let the max and the f64 sum vectorise; their order is fixed, so
+// the result does not depend on the thread count.
+constexpr int64_t kLanes = 8;
+
+template <class A>
+A row_max(const A* x, int64_t n) {
+  A lane[kLanes];
+  for (int64_t k = 0; k < kLanes; ++k) lane[k] = -std::numeric_limits<A>::infinity();
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes)
+    for (int64_t k = 0; k < kLanes; ++k) lane[k] = std::max(lane[k], x[c + k]);
+  A m = -std::numeric_limits<A>::infinity();
+  for (int64_t k = 0; k < kLanes; ++k) m = std::max(m, lane[k]);
+  for (; c < n; ++c) m = std::max(m, x[c]);
+  return m;
+}
+
+template <class A>
+double row_sum(const A* e, int64_t n) {
+  double lane[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes)
+    for (int64_t k = 0; k < kLanes; ++k) lane[k] += static_cast<double>(e[c + k]);
+  double s = 0;
+  for (int64_t k = 0; k < kLanes; ++k) s += lane[k];
+  for (; c < n; ++c) s += static_cast<double>(e[c]);
+  return s;
+}
+
 template <class T, class Idx>
 void fused_cross_entropy_typed(opmath_t<T>* losses, T* dlogits, const T* logits, const Idx* targets,
                                opmath_t<T> scale, int64_t rows, int64_t classes, int64_t valid,
                                int64_t ignore_index) {
   using A = opmath_t<T>;
-#pragma omp parallel for if (rows * classes > kParallelGrain)
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t t = static_cast<int64_t>(targets[r]);
-    T* d = dlogits ? dlogits + r * classes : nullptr;
-    if (t == ignore_index) {
-      losses[r] = 0;
-      if (d) std::fill_n(d, classes, static_cast<T>(0.0f));
-      continue;
+#pragma omp parallel if (rows * classes > kParallelGrain)
+  {
+    std::vector<A> xbuf, e(static_cast<size_t>(valid));
+#pragma omp for
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t t = static_cast<int64_t>(targets[r]);
+      T* d = dlogits ? dlogits + r * classes : nullptr;
+      if (t == ignore_index) {
+        losses[r] = 0;
+        if (d) std::fill_n(d, classes, static_cast<T>(0.0f));
+        continue;
+      }
+      const A* x;
+      if constexpr (std::is_same_v<T, A>) {
+        x = logits + r * classes;
+      } else {
+        xbuf.resize(static_cast<size_t>(valid));
+        for (int64_t c = 0; c < valid; ++c) xbuf[c] = static_cast<A>(logits[r * classes + c]);
+        x = xbuf.data();
+      }
+      const A m = row_max(x, valid);
+      for (int64_t c = 0; c < valid; ++c) e[c] = cpu::exp_nonpos(x[c] - m);
+      const double s = row_sum(e.data(), valid);
+      const A lse = m + static_cast<A>(std::log(s));
+      losses[r] = lse - x[t];
+      if (!d) continue;
+      const A inv_s = static_cast<A>(1.0 / s);
+      for (int64_t c = 0; c < valid; ++c) d[c] = static_cast<T>(e[c] * inv_s * scale);
+      d[t] = static_cast<T>((e[t] * inv_s - A(1)) * scale);
+      std::fill(d + valid, d + classes, static_cast<T>(0.0f));
     }
-    const T* x = logits + r * classes;
-    A m = -std::numeric_limits<A>::infinity();
-    for (int64_t c = 0; c < valid; ++c) m = std::max(m, static_cast<A>(x[c]));
-    double s = 0;
-    for (int64_t c = 0; c < valid; ++c) s += static_cast<double>(std::exp(static_cast<A>(x[c]) - m));
-    const A lse = m + static_cast<A>(std::log(s));
-    losses[r] = lse - static_cast<A>(x[t]);
-    if (!d) continue;
-    for (int64_t c = 0; c < valid; ++c) {
-      const A p = std::exp(static_cast<A>(x[c]) - lse);
-      d[c] = static_cast<T>((p - (c == t ? A(1) : A(0))) * scale);
-    }
-    std::fill(d + valid, d + classes, static_cast<T>(0.0f));
   }
 }
 
