@@ -59,7 +59,7 @@ void add_train_commands(CLI::App& app, int& exit_code) {
     }
     KILN_CHECK(!checkpoint.empty(), "kiln eval: pass checkpoint=PATH (a checkpoint file or a run directory)");
     const EvalSummary e = evaluate(load_config(eval_args->config_file, rest), checkpoint);
-    std::printf("%s\n", e.text.c_str());
+    if (e.is_main) std::printf("%s\n", e.text.c_str());  // as training does, only rank 0 reports
   });
 }
 

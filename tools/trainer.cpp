@@ -375,7 +375,7 @@ EvalSummary evaluate(const Config& cfg, const std::string& checkpoint) {
   const Precision precision = precision_from(cfg);
   AutocastGuard autocast(precision.dtype, precision.autocast);
   const Evaluation e = task->evaluate(*model);
-  return {e.loss, e.accuracy, e.items, e.summary};
+  return {e.loss, e.accuracy, e.items, e.summary, dist.is_main()};
 }
 
 }  // namespace kiln

@@ -25,6 +25,7 @@ struct EvalSummary {
   double loss = 0, accuracy = 0;  // accuracy -1 for token data
   int64_t samples = 0;            // images, or tokens
   std::string text;               // "test loss 0.41, test accuracy 85.10% (10000 images)"
+  bool is_main = true;            // rank 0 (every rank gets the same result; rank 0 reports it)
 };
 
 // Evaluates `checkpoint` (a file, or a run directory: its newest valid checkpoint) on the
