@@ -22,7 +22,8 @@
 #   SANITIZER_TOOLS (default "memcheck racecheck synccheck"; "" skips them), COMPUTE_SANITIZER (its path),
 #   SANITIZER_TIMEOUT (seconds per test and tool, default 300), BENCH_TIMEOUT (per executable, 300),
 #   GPT2_RUNS (runs of each side of the GPT-2 comparison, default 1; 0 skips it),
-#   PYTHON (a python3 with CUDA torch for the PyTorch sides; default: the first that imports torch).
+#   PYTHON (a python3 with CUDA torch for the PyTorch sides; default: the first that imports torch),
+#   KILN_COMMIT (the commit the report names where the tree has no .git, as on the device tool).
 set -euo pipefail
 shopt -s nullglob
 cd "$(dirname "$0")/.."
