@@ -11,9 +11,10 @@ Prints one JSON line with the fields bench_gpt2 prints.
                                 [--steps 30] [--no-compile] [--no-sdpa] [--no-autocast] [--cpu]
 
 Without a CUDA device (and without --cpu) it prints why on stderr and exits with status 1.
---cpu is a dry run (e.g. Debian's torch 1.13 on a laptop: --cpu --preset gpt-char-tiny
---seq 64 --no-compile); torch.compile, SDPA and fused AdamW are used only where this torch
-has them, and the JSON says which were used.
+--cpu runs on the CPU (e.g. Debian's torch 1.13: --cpu --preset gpt2-mini --seq 128
+--no-compile --no-autocast --threads 2, as scripts/bench_gpt2.sh --cpu runs it); torch.compile,
+SDPA and fused AdamW are used only where this torch has them (1.13 has none of them: masked
+softmax attention, the single-tensor AdamW), and the JSON says which were used.
 """
 import argparse
 import inspect
@@ -45,7 +46,8 @@ def parse_args():
     p.add_argument("--no-sdpa", action="store_true", help="masked softmax instead of F.scaled_dot_product_attention")
     p.add_argument("--no-autocast", action="store_true")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="H100/H200 dense bf16")
-    p.add_argument("--cpu", action="store_true", help="dry run on the CPU")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (CPU; 0: torch's default)")
     return p.parse_args()
 
 
@@ -62,6 +64,8 @@ def main():
         print("torch_gpt2.py: no CUDA device visible (use --cpu for a CPU dry run)", file=sys.stderr)
         return 1
     device = "cpu" if args.cpu else "cuda"
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     n_layer, n_head, n_embd, block_size, vocab_size = PRESETS[args.preset]
     padded_vocab = (vocab_size + 127) // 128 * 128
     if args.seq > block_size:
@@ -204,7 +208,7 @@ def main():
         "name": "torch_gpt2", "torch": torch.__version__, "device": device_name, "preset": args.preset,
         "params": n_params, "batch": args.batch, "seq": args.seq, "warmup": args.warmup, "steps": args.steps,
         "autocast": "bf16" if use_autocast else "off", "attention": "sdpa" if use_sdpa else "masked softmax",
-        "compile": use_compile, "fused_adamw": use_fused,
+        "compile": use_compile, "fused_adamw": use_fused, "threads": torch.get_num_threads(),
         "tokens_per_s": round(tokens_per_s, 1), "ms_per_step_median": statistics.median(ms),
         "ms_per_step_min": min(ms), "ms_per_step_mean": seconds * 1e3 / args.steps,
         "flops_per_token": flops_per_token, "peak_tflops": args.peak_tflops,
