@@ -7,6 +7,7 @@
 #include "core/autograd.h"
 #include "core/error.h"
 #include "core/ops.h"
+#include "optim/grad_scaler.h"
 #include "optim/registry.h"
 
 namespace kiln::dist {
@@ -121,15 +122,38 @@ void ZeroRedundancyOptimizer::reduce_gradients() {
   used_->write(flat_.view({comm_.world_size(), chunk_}).narrow(1, shard_numel_, flags));  // every chunk
   comm_.reduce_scatter(reduced_, flat_, ReduceOp::avg);
   unused_ = used_->unused_everywhere(reduced_.narrow(0, shard_numel_, flags));
+  // A piece of a parameter no rank gave a gradient has none either, from here on: a loss
+  // scaler's unscale_ passes it by and the sharded optimizer skips it (weights, moments and step
+  // count stay), as the unsharded one would skip the parameter.
+  std::vector<bool> skip(params_.size(), false);
+  for (int i : unused_) skip[static_cast<size_t>(i)] = true;
+  for (Piece& piece : pieces_) piece.master.set_grad(skip[static_cast<size_t>(piece.param)] ? Tensor() : piece.grad);
+  unscaled_by_ = nullptr;
+  flag_summed_ = false;
+}
+
+void ZeroRedundancyOptimizer::unscale_(GradScaler& scaler) {
+  scaler.unscale_(*inner_);
+  if (scaler.is_enabled()) unscaled_by_ = &scaler;
 }
 
 double ZeroRedundancyOptimizer::clip_grad_norm(double max_norm) {
   KILN_CHECK(max_norm > 0.0, "clip_grad_norm: max_norm must be > 0, got ", max_norm);
   NoGradGuard no_grad;
-  // Padding is zero, so the slices' sums of squares add up to the full one.
+  // Padding is zero, so the slices' sums of squares add up to the full one. A pending overflow
+  // flag rides along as a second element (NaN or 0; the sum is NaN when any rank's is).
   Tensor sq = sum(mul(grad_shard_, grad_shard_)).to(DType::f64).reshape({1});
+  const bool carry_flag = unscaled_by_ && !flag_summed_;
+  if (carry_flag) {
+    const Tensor found = unscaled_by_->found_inf();
+    sq = cat({sq, found.defined() ? found.to(DType::f64) : zeros({1}, sq.options())}, 0);
+  }
   comm_.all_reduce(sq, ReduceOp::sum);
-  const double total_norm = std::sqrt(sq.item());
+  if (carry_flag) {
+    unscaled_by_->set_found_inf(sq.narrow(0, 1, 1));
+    flag_summed_ = true;
+  }
+  const double total_norm = std::sqrt(sq.narrow(0, 0, 1).item());
   const double clip_coef = max_norm / (total_norm + 1e-6);
   if (std::isfinite(total_norm) && clip_coef < 1.0) grad_shard_.mul_(clip_coef);
   return total_norm;
@@ -137,12 +161,35 @@ double ZeroRedundancyOptimizer::clip_grad_norm(double max_norm) {
 
 void ZeroRedundancyOptimizer::step() {
   NoGradGuard no_grad;
-  // A piece of a parameter no rank gave a gradient has none either: the sharded optimizer skips
-  // it (weights, moments and step count stay), as the unsharded one would skip the parameter.
-  std::vector<bool> skip(params_.size(), false);
-  for (int i : unused_) skip[static_cast<size_t>(i)] = true;
-  for (Piece& piece : pieces_) piece.master.set_grad(skip[static_cast<size_t>(piece.param)] ? Tensor() : piece.grad);
-  inner_->step();
+  inner_->step();  // pieces without a gradient anywhere have none (reduce_gradients)
+  gather_params();
+}
+
+bool ZeroRedundancyOptimizer::step(GradScaler& scaler) {
+  if (!scaler.is_enabled()) {
+    step();
+    return true;
+  }
+  NoGradGuard no_grad;
+  if (!scaler.unscaled()) unscale_(scaler);
+  // Under ZeRO-1 only this rank's slice holds the reduced gradients, and the ranks must agree.
+  KILN_CHECK(unscaled_by_ == &scaler,
+             "ZeRO-1 with a GradScaler: unscale the gradients with ZeroRedundancyOptimizer::unscale_(scaler) "
+             "(after reduce_gradients), not GradScaler::unscale_, so that the ranks agree on an overflow");
+  if (!flag_summed_) {  // no clip_grad_norm carried it: one all-reduce of one element
+    const Tensor found = scaler.found_inf();
+    Tensor flag = found.defined() ? found.clone() : zeros({1}, master_.options());
+    comm_.all_reduce(flag, ReduceOp::sum);
+    scaler.set_found_inf(flag);
+    flag_summed_ = true;
+  }
+  if (!scaler.step(*inner_)) return false;  // every rank read the same sum: all skip
+  gather_params();
+  return true;
+}
+
+void ZeroRedundancyOptimizer::gather_params() {
+  NoGradGuard no_grad;
   Tensor gathered = flat_.narrow(0, 0, padded_);
   comm_.all_gather(gathered, master_);
   for (size_t i = 0; i < params_.size(); ++i) {

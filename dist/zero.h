@@ -19,6 +19,15 @@
 // every rank's chunk of the reduce-scatter (so each rank learns all of them): no extra collective.
 // A parameter with a gradient on some ranks gets the average with zeros from the others.
 //
+// f16 with a loss scaler (optim/grad_scaler.h), as torch's ShardedGradScaler does: after the
+// reduce-scatter each rank unscales and checks only its own gradient slice (unscale_), and the
+// ranks sum their overflow flags, so every rank skips or steps together and the scaler's update()
+// changes the scale alike everywhere: the step one process with the scaler takes on the global
+// batch. The flags ride clip_grad_norm()'s all-reduce when it runs between unscale_ and step;
+// otherwise step(scaler) sums them with one all-reduce of a single element (no earlier collective
+// can carry them: the flag exists only after the reduce-scatter, and the all-gather comes after
+// the decision it must inform).
+//
 // Checkpoints use the unsharded layout (state_tensors()/load_state_tensors() of the model's
 // optimizer: state.<i>.exp_avg shaped like parameter i), gathered to every rank on save, so a
 // checkpoint resumes with any world size, with or without ZeRO.
@@ -32,6 +41,10 @@
 #include "dist/communicator.h"
 #include "dist/used_flags.h"
 #include "optim/optimizer.h"
+
+namespace kiln {
+class GradScaler;
+}
 
 namespace kiln::dist {
 
@@ -48,12 +61,21 @@ class ZeroRedundancyOptimizer {
   // into this rank's slice. Every rank calls it once per step, also one whose backward reached
   // no parameter (it contributes zeros).
   void reduce_gradients();
+  // Not collective: divides this rank's gradient slice by the scaler's scale and records, on the
+  // device, whether it holds an inf/NaN (scaler.unscale_ of shard_optimizer()). The ranks'
+  // flags are summed by the next clip_grad_norm() or by step(scaler).
+  void unscale_(GradScaler& scaler);
   // Collective: the global L2 norm of the averaged gradients, computed from the slices; scales
-  // the slices like clip_grad_norm_ when it exceeds max_norm (infinity: only measures).
+  // the slices like clip_grad_norm_ when it exceeds max_norm (infinity: only measures). After
+  // unscale_, the same all-reduce sums the overflow flags.
   double clip_grad_norm(double max_norm);
   // Collective: updates this rank's slice (skipping parameters no rank gave a gradient), then
   // all-gathers the parameters.
   void step();
+  // Collective: step() unless some rank's gradient slice was inf/NaN (then every rank skips,
+  // parameters and optimizer state untouched); unscales first if unscale_ was not called. Returns
+  // whether it stepped; call scaler.update() after it. A disabled scaler: plain step().
+  bool step(GradScaler& scaler);
   // Parameter indices (across the full optimizer's groups) whose .grad was undefined on every
   // rank at the last reduce_gradients(), ascending: step() leaves them as they are.
   const std::vector<int>& last_unused_parameters() const { return unused_; }
@@ -78,6 +100,7 @@ class ZeroRedundancyOptimizer {
     Tensor master, grad;  // its views of master_ and grad_shard_: the sharded optimizer's parameter
   };
   void copy_params_to_master();
+  void gather_params();
 
   Communicator& comm_;
   std::vector<Tensor> params_;       // across groups, in order
@@ -95,6 +118,9 @@ class ZeroRedundancyOptimizer {
   std::unique_ptr<Optimizer> inner_;  // shard_optimizer()
   std::unique_ptr<UsedFlags> used_;
   std::vector<int> unused_;
+  // Since reduce_gradients(): the scaler unscale_ ran for, and whether the ranks summed its flag.
+  GradScaler* unscaled_by_ = nullptr;
+  bool flag_summed_ = false;
 };
 
 }  // namespace kiln::dist

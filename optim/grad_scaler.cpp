@@ -66,6 +66,19 @@ bool GradScaler::step(Optimizer& optimizer) {
   return true;
 }
 
+Tensor GradScaler::found_inf() const {
+  KILN_CHECK(unscaled_ != nullptr, "GradScaler: found_inf() needs unscale_() first");
+  return found_inf_.defined() ? found_inf_.reshape({1}) : Tensor();
+}
+
+void GradScaler::set_found_inf(Tensor found) {
+  KILN_CHECK(unscaled_ != nullptr, "GradScaler: set_found_inf() needs unscale_() first");
+  KILN_CHECK(!stepped_, "GradScaler: set_found_inf() after step(); call it before");
+  KILN_CHECK(!found.defined() || found.numel() == 1, "GradScaler: set_found_inf() takes one element, got ",
+             found.meta_str());
+  found_inf_ = found;
+}
+
 void GradScaler::update() {
   if (!is_enabled()) return;
   KILN_CHECK(stepped_, "GradScaler: update() needs a step() first");

@@ -11,6 +11,14 @@
 // them into range, and the factor is divided out of the (f32) gradients before the update.
 // unscale_ checks every gradient on its device (no transfer per tensor); step() reads that one
 // flag, so a step costs a single host sync. The scale itself stays on the host.
+//
+// An optimizer sharded across processes (ZeRO-1, dist/zero.h) unscales only its own slice of
+// the gradients, so the processes must agree on an overflow before any of them steps:
+//
+//   scaler.unscale_(shard_optimizer);        // my slice, my flag
+//   Tensor f = scaler.found_inf();           // ... summed over the processes (NaN survives a sum)
+//   scaler.set_found_inf(f_summed);          // now every process skips or steps together
+//   scaler.step(shard_optimizer); scaler.update();   // and the scale changes alike everywhere
 #pragma once
 
 #include <cstdint>
@@ -50,6 +58,15 @@ class GradScaler {
   // Adjusts the scale from what step() saw: backoff on an overflow (and the clean-step count
   // restarts), growth after growth_interval clean steps in a row.
   void update();
+
+  // Whether unscale_ ran since the last update().
+  bool unscaled() const { return unscaled_ != nullptr; }
+  // After unscale_: its overflow flag, a one-element f32 tensor on the gradients' device that is
+  // NaN when a gradient it checked was inf/NaN and 0 otherwise (undefined: it saw no gradient).
+  Tensor found_inf() const;
+  // Replaces that flag before step(), e.g. by its sum over the processes that share the step
+  // (undefined: no overflow). Needs unscale_ first.
+  void set_found_inf(Tensor found);
 
   double get_scale() const { return is_enabled() ? state_.scale : 1.0; }
   bool is_enabled() const { return options_.enabled; }

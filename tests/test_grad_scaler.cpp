@@ -137,6 +137,37 @@ TEST(GradScaler, MisuseIsAnError) {
   expect_error([] { GradScaler g({.init_scale = 0.0}); }, {"init_scale"});
 }
 
+// What a sharded optimizer (ZeRO-1) uses: the device-side flag after unscale_, and a flag put back
+// (the sum over processes) that decides the step instead of this process's own check.
+TEST(GradScaler, FoundInfIsTheFlagAndSetFoundInfDecidesTheStep) {
+  OneParam s;
+  GradScaler scaler({.init_scale = 1024.0});
+  expect_error([&] { scaler.found_inf(); }, {"found_inf", "unscale_"});
+  EXPECT_FALSE(scaler.unscaled());
+  s.set_grad({1024.0, 1024.0, 1024.0, 1024.0});
+  scaler.unscale_(s.opt);
+  EXPECT_TRUE(scaler.unscaled());
+  EXPECT_EQ(scaler.found_inf().numel(), 1);
+  EXPECT_EQ(scaler.found_inf().item(), 0.0);  // clean here...
+  scaler.set_found_inf(from_vector(std::vector<double>{std::numeric_limits<double>::quiet_NaN()}, {1}));
+  EXPECT_FALSE(scaler.step(s.opt));  // ...but another process overflowed: skip with it
+  EXPECT_EQ(s.p.to_vector<double>(), (std::vector<double>{1, 2, 3, 4}));
+  expect_error([&] { scaler.set_found_inf(Tensor()); }, {"set_found_inf", "step"});
+  scaler.update();
+  EXPECT_EQ(scaler.get_scale(), 512.0);
+  EXPECT_FALSE(scaler.unscaled());
+
+  // An inf gradient's flag is NaN; and the flag put back is what step() reads (none: it steps).
+  s.set_grad({512.0, std::numeric_limits<double>::infinity(), 512.0, 512.0});
+  scaler.unscale_(s.opt);
+  EXPECT_TRUE(std::isnan(scaler.found_inf().item()));
+  scaler.set_found_inf(Tensor());
+  EXPECT_TRUE(scaler.step(s.opt));
+  scaler.update();
+  EXPECT_EQ(scaler.state().growth_tracker, 1);
+  expect_error([&] { scaler.set_found_inf(Tensor()); }, {"set_found_inf", "unscale_"});
+}
+
 // f16 on the CPU: y = x @ w under f16 autocast, loss = tiny * sum(y). The gradient reaching the
 // f16 matmul output is `tiny`, below f16's smallest subnormal (6e-8), so it flushes to zero
 // unless the loss is scaled first.

@@ -46,9 +46,6 @@ DistributedRun::DistributedRun(const Config& cfg, Device device) : device_(devic
                " CUDA devices are visible; launch at most one rank per GPU (kiln launch --nproc N)");
     device_ = Device(DeviceType::CUDA, o.local_rank);
   }
-  KILN_CHECK(!(zero_ && cfg.get_string("train.precision") == "f16"),
-             "dist.zero: 1 does not support train.precision: f16 (its loss scaler checks full "
-             "gradients); use bf16 or f32");
   comm_ = dist::init_process_group(o, device_);
 }
 
@@ -121,6 +118,11 @@ void DistributedRun::sync_gradients() {
   if (ddp_) ddp_->finish_gradient_sync();
 }
 
+void DistributedRun::unscale_(Optimizer& optimizer, GradScaler& scaler) {
+  if (zero_opt_) zero_opt_->unscale_(scaler);
+  else scaler.unscale_(optimizer);
+}
+
 double DistributedRun::clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   return zero_opt_ ? zero_opt_->clip_grad_norm(max_norm) : clip_grad_norm_(params, max_norm);
 }
@@ -130,8 +132,8 @@ void DistributedRun::step(Optimizer& optimizer, GradScaler& scaler) {
     scaler.step(optimizer);
     return;
   }
-  zero_opt_->step();
-  if (!memory_reported_ && log_ && is_main()) {
+  const bool stepped = zero_opt_->step(scaler);  // the state exists after the first real step
+  if (stepped && !memory_reported_ && log_ && is_main()) {
     memory_reported_ = true;
     const int64_t before = zero_opt_->state_bytes_unsharded(), after = zero_opt_->state_bytes_sharded();
     log_->line("ZeRO-1: optimizer state per rank " + mib(before) + " unsharded -> " + mib(after) + " (" +

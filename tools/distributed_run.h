@@ -9,7 +9,8 @@
 //   - cuda:LOCAL_RANK as the device when the config asks for a GPU
 //   - rank 0's run directory on every rank; only rank 0 writes logs, metrics and checkpoints
 //   - DDP (bucketed all-reduce overlapped with backward, no_sync for accumulation micro-steps)
-//     or, with dist.zero: 1, ZeRO-1 (optimizer state sharded across ranks)
+//     or, with dist.zero: 1, ZeRO-1 (optimizer state sharded across ranks; with f16 the loss
+//     scaler checks each rank's gradient slice and the ranks agree on skipping a step)
 //   - a stop flag agreed by all ranks every step, so SIGINT stops every rank at the same step
 //     and the checkpoint rank 0 writes is consistent.
 #pragma once
@@ -61,9 +62,12 @@ class DistributedRun {
   std::unique_ptr<dist::DistributedDataParallel::NoSyncGuard> micro_step(bool last);
   // After the step's last backward: gradients averaged over ranks (DDP) or reduce-scattered.
   void sync_gradients();
+  // scaler.unscale_ of the gradients the step uses: this rank's slice under ZeRO-1.
+  void unscale_(Optimizer& optimizer, GradScaler& scaler);
   // clip_grad_norm_ over the global gradients (from the slices under ZeRO-1).
   double clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
-  // The optimizer step (through the scaler without ZeRO).
+  // The optimizer step through the scaler: skipped when a gradient overflowed (under ZeRO-1, on
+  // any rank's slice, so that every rank skips together).
   void step(Optimizer& optimizer, GradScaler& scaler);
 
   // Checkpoint contents: the unsharded optimizer state (gathered under ZeRO-1: collective).

@@ -265,7 +265,7 @@ TrainSummary train(const Config& cfg) {
     dist.sync_gradients();
     const bool log_now = step + 1 == total_steps || (step + 1) % log_every == 0;
     double grad_norm = -1;
-    if (scaler.is_enabled() && (grad_clip > 0 || log_now)) scaler.unscale_(*optimizer);
+    if (scaler.is_enabled() && (grad_clip > 0 || log_now)) dist.unscale_(*optimizer, scaler);  // ZeRO-1: my slice
     if (grad_clip > 0) grad_norm = dist.clip_grad_norm(params, grad_clip);
     else if (log_now) grad_norm = dist.clip_grad_norm(params, std::numeric_limits<double>::infinity());
     dist.step(*optimizer, scaler);  // skipped when an f16 gradient overflowed
