@@ -10,7 +10,11 @@
 // shfl_xor(V, int mask) overload next to the type, where argument-dependent lookup finds it.
 #pragma once
 
+// Host-compilable for the CPU emulation of the kernels (tests/cuda_emulation.h), which
+// stands in for the CUDA runtime there.
+#ifdef __CUDACC__
 #include <cuda_runtime.h>
+#endif
 
 namespace kiln::cuda {
 

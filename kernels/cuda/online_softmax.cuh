@@ -5,8 +5,13 @@
 // A row's log-sum-exp is then max + log(sum_exp).
 #pragma once
 
+// Host-compilable for the CPU emulation of the kernels (tests/cuda_emulation.h), which
+// stands in for the CUDA runtime there.
+#ifdef __CUDACC__
 #include <cuda_runtime.h>
+#endif
 
+#include <cmath>
 #include <limits>
 
 #include "kernels/cuda/block_reduce.cuh"

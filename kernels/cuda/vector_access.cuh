@@ -3,7 +3,11 @@
 // converted to and from the arithmetic type A.
 #pragma once
 
+// Host-compilable for the CPU emulation of the kernels (tests/cuda_emulation.h), which
+// stands in for the CUDA runtime there.
+#ifdef __CUDACC__
 #include <cuda_runtime.h>
+#endif
 
 #include <cstdint>
 #include <initializer_list>
