@@ -49,8 +49,17 @@ std::vector<Tensor> AccumulateGrad::apply(const Tensor& grad) {
   Tensor leaf(impl);
   Tensor& stored = leaf.mutable_grad();
   if (!stored.defined()) {
-    // A fresh buffer: the incoming gradient may be a view of something the graph still uses.
-    stored = grad.clone();
+    // Like PyTorch, keep the incoming gradient itself when nothing else can see it: the engine
+    // holds the only reference to it and to its memory, and it is laid out like the leaf. Else
+    // (a view of something the graph still uses, a broadcast, the caller's own tensor) a copy.
+    const bool sole_owner = grad.use_count() == 1 && grad.storage().use_count() == 1;
+    const bool whole_buffer = grad.is_contiguous() && grad.offset() == 0 &&
+                              grad.storage()->nbytes() == static_cast<std::size_t>(grad.numel()) * grad.element_size();
+    if (sole_owner && whole_buffer && grad.shape() == leaf.shape() && grad.dtype() == leaf.dtype() &&
+        grad.device() == leaf.device() && !grad.requires_grad())
+      stored = grad;
+    else
+      stored = grad.clone();
   } else {
     stored.add_(grad);
   }

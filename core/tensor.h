@@ -52,6 +52,8 @@ class Tensor {
 
   bool defined() const { return impl_ != nullptr; }
   TensorImpl* impl() const { return impl_.get(); }
+  // How many Tensor handles share this tensor (not its memory: views have handles of their own).
+  long use_count() const { return impl_.use_count(); }
 
   // ---- metadata
   const Shape& shape() const { return checked().shape; }

@@ -276,6 +276,30 @@ TEST(Autograd, PostAccumulateGradHooks) {
 
 // ---------------------------------------------------------------- graph shapes
 
+TEST(Autograd, FirstGradientNeverAliasesAnotherTensor) {
+  // AccumulateGrad keeps the incoming gradient without a copy only when nothing else can see
+  // it. Where two leaves get the same tensor from one node (add's backward passes its gradient
+  // to both inputs), or a leaf's gradient is a broadcast or a view, each .grad must still be its
+  // own memory: writing into one changes nothing else.
+  Tensor a = leaf({1, 2, 3}, {3}), b = leaf({4, 5, 6}, {3});
+  sum(a + b).backward();
+  a.mutable_grad().mul_(10.0);
+  EXPECT_EQ(grad_of(a), (Values{10, 10, 10}));
+  EXPECT_EQ(grad_of(b), (Values{1, 1, 1}));
+
+  Tensor c = leaf({1, 2}, {2, 1}), d = leaf({1, 2, 3}, {1, 3});
+  sum(c * d).backward();  // broadcasts both ways: the gradients are reductions of [2, 3]
+  c.mutable_grad().zero_();
+  EXPECT_EQ(grad_of(d), (Values{3, 3, 3}));
+
+  Tensor e = leaf({1, 2, 3, 4}, {4});
+  Tensor parts = e.view({2, 2});
+  sum(parts * 2.0).backward();  // e's gradient arrives through a view
+  e.mutable_grad().zero_();
+  sum(e * 1.0).backward();
+  EXPECT_EQ(grad_of(e), (Values{1, 1, 1, 1}));
+}
+
 TEST(Autograd, DiamondGraphsAccumulate) {
   Tensor x = leaf({1, 2, 3}, {3});
   // x used twice by one op, and twice more on separate branches.
