@@ -23,6 +23,7 @@
 #include "optim/clip_grad.h"
 #include "optim/param_groups.h"
 #include "optim/registry.h"
+#include "tests/data_parallel_testing.h"
 #include "tests/dist_run.h"
 #include "tests/dist_spawn.h"
 #include "tests/expect_error.h"
@@ -33,6 +34,14 @@ namespace {
 
 namespace fs = std::filesystem;
 using kiln::testing::env_int;
+using kiln::testing::flat_weights;
+using kiln::testing::global_batch;
+using kiln::testing::kClasses;
+using kiln::testing::kFeatures;
+using kiln::testing::kGlobalBatch;
+using kiln::testing::make_adamw;
+using kiln::testing::make_mlp;
+using kiln::testing::max_abs_diff;
 using kiln::testing::expect_error;
 using kiln::testing::is_dist_worker;
 using kiln::testing::run_ranks;
@@ -89,50 +98,9 @@ struct Case {
 };
 
 constexpr int kSteps = 5;
-constexpr int64_t kGlobalBatch = 12;  // divisible by 2, 3 and by their micro-steps
-constexpr int64_t kFeatures = 12, kClasses = 4;
-
-std::shared_ptr<nn::Module> make_mlp() {
-  manual_seed(0);
-  models::ModelSpec spec;
-  spec.name = "mlp";
-  spec.hidden_sizes = {16, 8};
-  spec.num_classes = kClasses;
-  spec.in_channels = 1;
-  spec.height = 3;
-  spec.width = 4;
-  return models::make_model(spec);
-}
-
-// The global batch of step `step`: fixed pseudo-random values, the same in every process.
-std::pair<Tensor, Tensor> global_batch(int step) {
-  std::vector<double> x(static_cast<size_t>(kGlobalBatch * kFeatures));
-  std::vector<int64_t> y(static_cast<size_t>(kGlobalBatch));
-  uint64_t s = 12345 + static_cast<uint64_t>(step) * 777;
-  auto next = [&] {
-    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
-    return static_cast<double>(s >> 11) / static_cast<double>(1ULL << 53);
-  };
-  for (double& v : x) v = 2 * next() - 1;
-  for (int64_t& v : y) v = static_cast<int64_t>(next() * kClasses) % kClasses;
-  return {from_vector(x, {kGlobalBatch, 1, 3, 4}), from_vector(y, {kGlobalBatch})};
-}
-
-std::unique_ptr<Optimizer> make_adamw(const nn::Module& model) {
-  return make_optimizer("adamw", make_param_groups(model.named_parameters(), 0.1), {.lr = 1e-2});
-}
 
 Tensor loss_on(nn::Module& model, const Tensor& x, const Tensor& y) {
   return cross_entropy(model(x), y, -100, Reduction::mean);
-}
-
-std::vector<float> flat_weights(const nn::Module& model) {
-  std::vector<float> out;
-  for (const Tensor& p : model.parameters()) {
-    const auto v = p.to_vector<float>();
-    out.insert(out.end(), v.begin(), v.end());
-  }
-  return out;
 }
 
 // One process, the whole global batch per step.
@@ -264,13 +232,6 @@ TEST(DdpWorker, Train) {
 }
 
 class DataParallel : public ::testing::TestWithParam<std::tuple<int, int, int, double, double>> {};
-
-float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  float m = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
-  return m;
-}
 
 TEST_P(DataParallel, MatchesOneProcessOnTheGlobalBatch) {
   const auto [world, zero, accum, bucket_mb, clip] = GetParam();

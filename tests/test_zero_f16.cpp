@@ -26,6 +26,7 @@
 #include "optim/grad_scaler.h"
 #include "optim/param_groups.h"
 #include "optim/registry.h"
+#include "tests/data_parallel_testing.h"
 #include "tests/dist_run.h"
 #include "tests/dist_spawn.h"
 #include "tests/expect_error.h"
@@ -36,6 +37,12 @@ namespace {
 
 namespace fs = std::filesystem;
 using kiln::testing::env_int;
+using kiln::testing::flat_weights;
+using kiln::testing::global_batch;
+using kiln::testing::kGlobalBatch;
+using kiln::testing::make_adamw;
+using kiln::testing::make_mlp;
+using kiln::testing::max_abs_diff;
 using kiln::testing::is_dist_worker;
 using kiln::testing::run_ranks;
 
@@ -44,46 +51,15 @@ constexpr int kResumeAt = 5;           // mid-run: the scaler has a non-zero gro
 constexpr int kLossOverflowStep = 3;   // rank 1's loss * 1e8: its f16 backward overflows
 constexpr int kInjectStep = 6;         // rank 0: an inf in a gradient element of the last rank's slice
 constexpr double kLossOverflowFactor = 1e8;
-constexpr int64_t kGlobalBatch = 12;  // divisible by 2 and 3
-constexpr int64_t kFeatures = 12, kClasses = 4;
+constexpr uint64_t kBatchSeed = 4242;  // global_batch's sequence for these tests
 // A small scale that grows every 2 clean steps: a scale sequence with growth and backoffs, far
 // from overflowing on its own (the logits' gradient is at most scale / rows <= 2^11 / 4).
 const GradScalerOptions kScalerOptions{.init_scale = 256.0, .growth_interval = 2};
 
-std::shared_ptr<nn::Module> make_mlp() {
-  manual_seed(0);
-  models::ModelSpec spec;
-  spec.name = "mlp";
-  spec.hidden_sizes = {16, 8};
-  spec.num_classes = kClasses;
-  spec.in_channels = 1;
-  spec.height = 3;
-  spec.width = 4;
-  return models::make_model(spec);
-}
-
-// The global batch of step `step`: fixed pseudo-random values, the same in every process.
-std::pair<Tensor, Tensor> global_batch(int step) {
-  std::vector<double> x(static_cast<size_t>(kGlobalBatch * kFeatures));
-  std::vector<int64_t> y(static_cast<size_t>(kGlobalBatch));
-  uint64_t s = 4242 + static_cast<uint64_t>(step) * 911;
-  auto next = [&] {
-    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
-    return static_cast<double>(s >> 11) / static_cast<double>(1ULL << 53);
-  };
-  for (double& v : x) v = 2 * next() - 1;
-  for (int64_t& v : y) v = static_cast<int64_t>(next() * kClasses) % kClasses;
-  return {from_vector(x, {kGlobalBatch, 1, 3, 4}), from_vector(y, {kGlobalBatch})};
-}
-
-std::unique_ptr<Optimizer> make_adamw(const nn::Module& model) {
-  return make_optimizer("adamw", make_param_groups(model.named_parameters(), 0.1), {.lr = 1e-2});
-}
-
 // Rank `rank`'s share of step `step` (of `world`): the mean loss over its rows under f16
 // autocast, times the forced-overflow factor on rank 1 at kLossOverflowStep.
 Tensor rank_loss(nn::Module& model, int step, int rank, int world) {
-  auto [x, y] = global_batch(step);
+  auto [x, y] = global_batch(step, kBatchSeed);
   const int64_t rows = kGlobalBatch / world;
   Tensor loss;
   {
@@ -100,22 +76,6 @@ void maybe_inject_inf(nn::Module& model, int step, int rank) {
   NoGradGuard no_grad;
   Tensor g = model.parameters().back().grad().reshape({-1});
   g.narrow(0, g.numel() - 1, 1).fill_(std::numeric_limits<double>::infinity());
-}
-
-std::vector<float> flat_weights(const nn::Module& model) {
-  std::vector<float> out;
-  for (const Tensor& p : model.parameters()) {
-    const auto v = p.to_vector<float>();
-    out.insert(out.end(), v.begin(), v.end());
-  }
-  return out;
-}
-
-float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  float m = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
-  return m;
 }
 
 // What a run records: the scale each step used, whether it stepped, and the final weights.
