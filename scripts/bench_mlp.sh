@@ -12,6 +12,10 @@
 #                      both sides, OpenMP's spinning barriers most of all
 # Each run also records how many cores other processes kept busy while it ran (from
 # /proc/stat, less the run's own CPU time): near 0 means the numbers are clean.
+# Each side runs at its best: PyTorch with OMP_WAIT_POLICY=PASSIVE (TORCH_OMP_WAIT_POLICY
+# overrides), since Debian's torch runs its own ops on libgomp and its GEMMs on OpenBLAS's
+# pthreads, and libgomp's spinning idle workers take the cores from the GEMM threads (~1.4x
+# slower steps); kiln (one OpenMP runtime) with the default policy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -78,7 +82,8 @@ run_side() {
     OMP_NUM_THREADS=$threads "$exe" --benchmark_filter=BM_MlpStepCpu --benchmark_format=json \
       >"$base.json" 2>"$base.err"
   else
-    OMP_NUM_THREADS=$threads "$py" bench/torch_mlp_step.py --steps "$steps" --threads "$threads" >"$base.json"
+    OMP_WAIT_POLICY=${TORCH_OMP_WAIT_POLICY:-PASSIVE} OMP_NUM_THREADS=$threads "$py" bench/torch_mlp_step.py \
+      --steps "$steps" --threads "$threads" >"$base.json"
   fi
   children_cpu own1
   hz=$(getconf CLK_TCK)
@@ -101,7 +106,7 @@ git diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 
 "$py" - "$out" "$runs" "$thread_list" "$cpu" "$commit" "$(date +%F)" "$steps" "$(nproc)" >"$md" <<'EOF'
-import json, statistics, sys
+import json, os, statistics, sys
 
 out, runs, thread_list, cpu, commit, date, steps, nproc = sys.argv[1:]
 runs = int(runs)
@@ -148,7 +153,8 @@ print("side per thread count, interleaved (kiln torch torch kiln ...). Written b
 print("times are per step, milliseconds.\n")
 print(f"- CPU: {cpu}, {nproc} cores; threads as listed, the same for both sides")
 print(f"- kiln commit {commit}, Release build, OpenBLAS (OpenMP build)")
-print(f"- PyTorch {torch_version} (Debian python3-torch), /usr/bin/python3")
+print(f"- PyTorch {torch_version} (Debian python3-torch), /usr/bin/python3, "
+      f"OMP_WAIT_POLICY={os.environ.get('TORCH_OMP_WAIT_POLICY', 'PASSIVE')} (its faster setting)")
 print("- load: the 1-minute load average before->after each run, and the cores that other processes")
 print("  kept busy during it (/proc/stat less the run's own CPU time); above ~0.2 the run was disturbed\n")
 print("\n\n".join(sections))
