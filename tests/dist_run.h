@@ -34,6 +34,18 @@ inline std::vector<pid_t> child_pids(pid_t pid) {
 
 inline bool process_exists(pid_t pid) { return kill(pid, 0) == 0; }
 
+// The arguments of `kiln train CONFIG log.run_dir=RUN_DIR OVERRIDES...`: one process when nproc
+// is 0, else nproc ranks under `kiln launch` on a free port.
+inline std::vector<std::string> train_args(int nproc, const std::filesystem::path& config,
+                                           const std::filesystem::path& run_dir,
+                                           const std::vector<std::string>& overrides) {
+  std::vector<std::string> args;
+  if (nproc > 0) args = {"launch", "--nproc", std::to_string(nproc), "--master-port", "0", kiln_binary()};
+  args.insert(args.end(), {"train", config.string(), "log.run_dir=" + run_dir.string()});
+  args.insert(args.end(), overrides.begin(), overrides.end());
+  return args;
+}
+
 // The largest |a - b| over the model tensors of two checkpoints (infinity when they differ in
 // names or shapes).
 inline double max_weight_diff(const std::filesystem::path& a, const std::filesystem::path& b) {

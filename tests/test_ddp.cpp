@@ -681,13 +681,10 @@ TEST(Runner, LaunchedRanksMatchOneProcess) {
                                            "train.log_every=4",  "train.eval_every=0",      "checkpoint.every=0",
                                            "log.tensorboard=false", "data.prefetch=0",      "optim.weight_decay=0.1",
                                            "optim.grad_clip=1.0"};
-  auto train = [&](const std::string& name, int nproc, const std::vector<std::string>& extra) {
-    std::vector<std::string> args;
-    if (nproc > 1) args = {"launch", "--nproc", std::to_string(nproc), "--master-port", "0", kiln::testing::kiln_binary()};
-    args.insert(args.end(), {"train", (dir / "c.yaml").string(), "log.run_dir=" + (dir / name).string()});
-    args.insert(args.end(), common.begin(), common.end());
-    args.insert(args.end(), extra.begin(), extra.end());
-    const auto r = kiln::testing::run_kiln(args, {.env = {"OMP_NUM_THREADS=1"}});
+  auto train = [&](const std::string& name, int nproc, std::vector<std::string> extra) {
+    extra.insert(extra.begin(), common.begin(), common.end());
+    const auto r = kiln::testing::run_kiln(
+        kiln::testing::train_args(nproc > 1 ? nproc : 0, dir / "c.yaml", dir / name, extra), {.env = {"OMP_NUM_THREADS=1"}});
     EXPECT_EQ(r.exit_code, 0) << name << ":\n" << r.output;
     return io::checkpoint_path(dir / name / "checkpoints", 8);
   };

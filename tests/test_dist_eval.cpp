@@ -224,8 +224,7 @@ TEST_F(DistEval, LaunchedTrainingEvaluatesTheWholeSplitOnce) {
                         << "train:\n  steps: 6\n  log_every: 3\n  eval_every: 3\n"
                         << "checkpoint:\n  every: 0\nlog:\n  tensorboard: false\n";
   const fs::path run = dir_ / "run";
-  const auto r = kiln::testing::run_kiln({"launch", "--nproc", "3", "--master-port", "0", kiln::testing::kiln_binary(),
-                                          "train", config.string(), "log.run_dir=" + run.string()},
+  const auto r = kiln::testing::run_kiln(kiln::testing::train_args(3, config, run, {}),
                                          {.env = {"OMP_NUM_THREADS=1", "KILN_DIST_TIMEOUT_S=20"}});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   double logged = NAN, logged_accuracy = NAN;

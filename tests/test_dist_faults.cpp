@@ -42,13 +42,9 @@ class DistFaults : public ::testing::Test {
     if (!dir_.empty()) fs::remove_all(dir_);
   }
   // kiln train on `nproc` ranks (one process without the launcher when nproc is 0).
-  std::vector<std::string> train_args(int nproc, const std::string& run, const std::vector<std::string>& extra) const {
-    std::vector<std::string> args;
-    if (nproc > 0) args = {"launch", "--nproc", std::to_string(nproc), "--master-port", "0", kiln_binary()};
-    args.insert(args.end(), {"train", (dir_ / "c.yaml").string(), "log.run_dir=" + (dir_ / run).string(),
-                             "train.eval_every=0", "checkpoint.every=0"});
-    args.insert(args.end(), extra.begin(), extra.end());
-    return args;
+  std::vector<std::string> train_args(int nproc, const std::string& run, std::vector<std::string> extra) const {
+    extra.insert(extra.begin(), {"train.eval_every=0", "checkpoint.every=0"});
+    return kiln::testing::train_args(nproc, dir_ / "c.yaml", dir_ / run, extra);
   }
   fs::path dir_;
 };
