@@ -150,6 +150,24 @@ __global__ void layer_norm_kernel(T* __restrict__ y, opmath_t<T>* __restrict__ m
 
 // ------------------------------------------------------------------ backward: dx
 // dx = rstd * (wdy - mean(wdy) - xhat * mean(wdy * xhat)), wdy = weight * dy.
+
+// Adds vector group i of a row to the lane's sums of wdy (s) and wdy * xhat (sx).
+template <class T, int kVec>
+__device__ __forceinline__ void add_dx_sums(const T* __restrict__ xr, const T* __restrict__ dyr,
+                                            const opmath_t<T>* __restrict__ weight, int64_t i, opmath_t<T> m,
+                                            opmath_t<T> rs, opmath_t<T>& s, opmath_t<T>& sx) {
+  using A = opmath_t<T>;
+  A a[kVec], g[kVec];
+  load_vec<kVec>(xr, i, a);
+  load_vec<kVec>(dyr, i, g);
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    const A wdy = g[k] * (weight ? weight[i * kVec + k] : A(1));
+    s += wdy;
+    sx += wdy * (a[k] - m) * rs;
+  }
+}
+
 template <class T, int kVec>
 __global__ void layer_norm_dx_kernel(T* __restrict__ dx, const T* __restrict__ dy, const T* __restrict__ x,
                                      const opmath_t<T>* __restrict__ mean, const opmath_t<T>* __restrict__ rstd,
@@ -163,17 +181,7 @@ __global__ void layer_norm_dx_kernel(T* __restrict__ dx, const T* __restrict__ d
     const T* dyr = dy + row * cols;
     const A m = mean[row], rs = rstd[row];
     A s = 0, sx = 0;
-    for (int64_t i = lane; i < nvec; i += kWarp) {
-      A a[kVec], g[kVec];
-      load_vec<kVec>(xr, i, a);
-      load_vec<kVec>(dyr, i, g);
-#pragma unroll
-      for (int k = 0; k < kVec; ++k) {
-        const A wdy = g[k] * (weight ? weight[i * kVec + k] : A(1));
-        s += wdy;
-        sx += wdy * (a[k] - m) * rs;
-      }
-    }
+    for (int64_t i = lane; i < nvec; i += kWarp) add_dx_sums<T, kVec>(xr, dyr, weight, i, m, rs, s, sx);
     const A mean_wdy = cuda::warp_reduce_sum(s) / static_cast<A>(cols);
     const A mean_wdy_xhat = cuda::warp_reduce_sum(sx) / static_cast<A>(cols);
     T* dxr = dx + row * cols;
@@ -220,15 +228,7 @@ __global__ void layer_norm_backward_fused_kernel(T* __restrict__ dx, opmath_t<T>
     for (int g = 0; g < kGroups; ++g) {
       const int64_t i = lane + g * kWarp;
       if (i >= nvec) break;
-      A a[kVec], d[kVec];
-      load_vec<kVec>(xr, i, a);
-      load_vec<kVec>(dyr, i, d);
-#pragma unroll
-      for (int k = 0; k < kVec; ++k) {
-        const A wdy = d[k] * (weight ? weight[i * kVec + k] : A(1));
-        s += wdy;
-        sx += wdy * (a[k] - m) * rs;
-      }
+      add_dx_sums<T, kVec>(xr, dyr, weight, i, m, rs, s, sx);
     }
     const A mean_wdy = cuda::warp_reduce_sum(s) / static_cast<A>(cols);
     const A mean_wdy_xhat = cuda::warp_reduce_sum(sx) / static_cast<A>(cols);
